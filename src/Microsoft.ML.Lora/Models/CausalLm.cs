@@ -1,0 +1,27 @@
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Microsoft.ML.Lora.Models;
+
+/// <summary>
+/// Base of every causal language model of this library. Submodules and parameters carry the Hugging Face names
+/// (<c>transformer.h.0.self_attention.query_key_value.weight</c>), so loading a checkpoint is a straight mapping and
+/// LoRA finds its targets by the names PEFT uses. Every projection is a field of type
+/// <c>nn.Module&lt;Tensor, Tensor&gt;</c> holding a <see cref="Layers.ILinear"/>, read on each forward, so that
+/// <c>Peft.ModuleSurgery</c> can swap it for a LoRA wrapper.
+/// </summary>
+internal abstract class CausalLm : nn.Module
+{
+    protected CausalLm(string name) : base(name) { }
+
+    /// <summary>The configuration the model was built from.</summary>
+    public abstract ModelConfig Config { get; }
+
+    /// <summary>
+    /// Logits [batch, time, vocab] for <paramref name="inputIds"/> [batch, time]. <paramref name="attentionMask"/>
+    /// [batch, past + time] (1 = token, 0 = padding) may be null (all ones). Position ids, when null, come from the
+    /// mask as transformers' generate() derives them: clamp(cumsum(mask) - 1, 0). With a <paramref name="cache"/>,
+    /// keys and values of earlier calls are reused and this call's are appended.
+    /// </summary>
+    public abstract Tensor Forward(Tensor inputIds, Tensor? attentionMask = null, Tensor? positionIds = null, Generation.KvCache? cache = null);
+}

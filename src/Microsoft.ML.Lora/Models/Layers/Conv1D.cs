@@ -1,0 +1,27 @@
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace Microsoft.ML.Lora.Models.Layers;
+
+/// <summary>GPT-2's "Conv1D": y = x W + b with W stored [in, out], exactly as in its checkpoints.</summary>
+internal sealed class Conv1D : nn.Module<Tensor, Tensor>, ILinear
+{
+    public Parameter weight { get; private set; }
+    public Parameter? bias { get; private set; }
+    public long InFeatures { get; }
+    public long OutFeatures { get; }
+    public bool FanInFanOut => true;
+
+    public Conv1D(long inFeatures, long outFeatures, ScalarType dtype = ScalarType.Float32, Device? device = null)
+        : base(nameof(Conv1D))
+    {
+        InFeatures = inFeatures;
+        OutFeatures = outFeatures;
+        weight = new Parameter(normal(0, 0.02, [inFeatures, outFeatures], dtype: dtype, device: device));
+        bias = new Parameter(zeros(outFeatures, dtype: dtype, device: device));
+        RegisterComponents();
+    }
+
+    public override Tensor forward(Tensor x) => bias is null ? matmul(x, weight) : addmm(bias, x.flatten(0, -2), weight, 1, 1).view([.. x.shape[..^1], OutFeatures]);
+}

@@ -1,0 +1,28 @@
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace Microsoft.ML.Lora.Models.Layers;
+
+/// <summary>y = x Wᵀ + b with W stored [out, in], as torch.nn.Linear and Hugging Face checkpoints store it.</summary>
+internal sealed class Linear : nn.Module<Tensor, Tensor>, ILinear
+{
+    public Parameter weight { get; private set; }
+    public Parameter? bias { get; private set; }
+    public long InFeatures { get; }
+    public long OutFeatures { get; }
+    public bool FanInFanOut => false;
+
+    public Linear(long inFeatures, long outFeatures, bool hasBias = true, ScalarType dtype = ScalarType.Float32, Device? device = null)
+        : base(nameof(Linear))
+    {
+        InFeatures = inFeatures;
+        OutFeatures = outFeatures;
+        weight = new Parameter(empty(outFeatures, inFeatures, dtype: dtype, device: device));
+        bias = hasBias ? new Parameter(zeros(outFeatures, dtype: dtype, device: device)) : null;
+        nn.init.kaiming_uniform_(weight, a: Math.Sqrt(5));
+        RegisterComponents();
+    }
+
+    public override Tensor forward(Tensor x) => nn.functional.linear(x, weight, bias);
+}
