@@ -30,7 +30,7 @@ public sealed record ModelConfig
     public required int IntermediateSize { get; init; }
     /// <summary>Longest sequence the positions support (n_positions / max_position_embeddings; 0 for ALiBi models without a limit).</summary>
     public int MaxPositionEmbeddings { get; init; }
-    /// <summary>Epsilon of the layer norms (layer_norm_epsilon / rms_norm_eps).</summary>
+    /// <summary>Epsilon of the layer norms (layer_norm_epsilon / rms_norm_eps; when absent 1e-5 for GPT-2 and BLOOM, 1e-6 otherwise).</summary>
     public double NormEpsilon { get; init; } = 1e-5;
     /// <summary>Activation name (gelu_new, silu, ...).</summary>
     public string HiddenAct { get; init; } = "";
@@ -38,7 +38,7 @@ public sealed record ModelConfig
     public double RopeTheta { get; init; } = 10000;
     /// <summary><c>rope_scaling</c> as raw JSON, or null.</summary>
     public JsonObject? RopeScaling { get; init; }
-    /// <summary>Whether lm_head shares the input embedding's weight.</summary>
+    /// <summary>Whether lm_head shares the input embedding's weight (when absent: true for GPT-2 and BLOOM, false otherwise, as in transformers).</summary>
     public bool TieWordEmbeddings { get; init; } = true;
     /// <summary>Bias on q/k/v projections (Qwen2: true; LLaMA: attention_bias).</summary>
     public bool AttentionBias { get; init; }
@@ -69,7 +69,7 @@ public sealed record ModelConfig
     /// <summary>Maps a parsed config.json; <paramref name="source"/> names it in errors.</summary>
     public static ModelConfig Parse(JsonObject json, string source = "config.json")
     {
-        string modelType = json["model_type"]?.GetValue<string>()
+        string modelType = (json["model_type"] is JsonValue mt && mt.TryGetValue(out string? t) ? t : null)
             ?? throw new InvalidDataException($"'{source}' has no model_type.");
         if (!SupportedModelTypes.Contains(modelType))
             throw new NotSupportedException($"model_type '{modelType}' in '{source}' is not supported; supported: {string.Join(", ", SupportedModelTypes)}.");
@@ -92,7 +92,9 @@ public sealed record ModelConfig
         }
         bool Bool(string name, bool fallback) => json[name] is JsonValue v && v.TryGetValue(out bool b) ? b : fallback;
 
-        int hidden = Int("hidden_size", "n_embd");
+        // Defaults of the transformers config classes for fields a config.json may leave out.
+        bool layerNorm = modelType is "gpt2" or "bloom";
+        int hidden = Int("hidden_size", "n_embd", "n_embed");
         int heads = Int("num_attention_heads", "n_head");
         int? inner = modelType == "gpt2" ? OptInt("n_inner") : modelType == "bloom" ? null : Int("intermediate_size");
         return new ModelConfig
@@ -106,11 +108,11 @@ public sealed record ModelConfig
             HeadDim = OptInt("head_dim") ?? hidden / heads,
             IntermediateSize = inner ?? 4 * hidden,
             MaxPositionEmbeddings = OptInt("max_position_embeddings") ?? OptInt("n_positions") ?? 0,
-            NormEpsilon = Double(1e-5, "rms_norm_eps", "layer_norm_epsilon"),
+            NormEpsilon = Double(layerNorm ? 1e-5 : 1e-6, "rms_norm_eps", "layer_norm_epsilon"),
             HiddenAct = json["hidden_act"]?.GetValue<string>() ?? json["activation_function"]?.GetValue<string>() ?? (modelType == "bloom" ? "gelu_pytorch_tanh" : ""),
             RopeTheta = Double(10000, "rope_theta"),
             RopeScaling = json["rope_scaling"] as JsonObject,
-            TieWordEmbeddings = Bool("tie_word_embeddings", true),
+            TieWordEmbeddings = Bool("tie_word_embeddings", layerNorm),
             AttentionBias = modelType == "qwen2" || Bool("attention_bias", false),
             MlpBias = Bool("mlp_bias", false),
             SlidingWindow = Bool("use_sliding_window", modelType == "mistral") ? OptInt("sliding_window") : null,

@@ -46,9 +46,12 @@ namespace MLLora.Build
                 try
                 {
                     var status = ElfPatcher.Inspect(File.ReadAllBytes(library));
-                    if (status != PatchStatus.NeedsPatch) continue;
-                    string shim = EnsureShim();
-                    File.Copy(shim, Path.Combine(Path.GetDirectoryName(library)!, ElfPatcher.ShimFileName), overwrite: true);
+                    if (status == PatchStatus.NotNeeded) continue;
+                    // A library patched by an earlier build still needs the shim beside it.
+                    string shimTarget = Path.Combine(Path.GetDirectoryName(library)!, ElfPatcher.ShimFileName);
+                    if (status == PatchStatus.AlreadyPatched && File.Exists(shimTarget)) continue;
+                    File.Copy(EnsureShim(), shimTarget, overwrite: true);
+                    if (status == PatchStatus.AlreadyPatched) continue;
                     ElfPatcher.PatchFile(library);
                     Log.LogMessage(MessageImportance.High,
                         "MLLora: patched " + library + " for " + libstdcxx + " (no " + ElfPatcher.NeededVersion + ", see docs/debian12.md).");
@@ -129,9 +132,16 @@ namespace MLLora.Build
             byte[] elf = File.ReadAllBytes(path);
             if (Inspect(elf) != PatchStatus.NeedsPatch) return false;
             Patch(elf);
-            string temp = path + ".mllora.tmp";
-            File.WriteAllBytes(temp, elf);
-            File.Replace(temp, path, null); // a rename: the library is never seen half written
+            string temp = path + "." + Guid.NewGuid().ToString("N") + ".mllora.tmp";
+            try
+            {
+                File.WriteAllBytes(temp, elf);
+                File.Replace(temp, path, null); // a rename: the library is never seen half written
+            }
+            finally
+            {
+                if (File.Exists(temp)) File.Delete(temp);
+            }
             return true;
         }
 
