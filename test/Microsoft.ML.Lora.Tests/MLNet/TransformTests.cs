@@ -74,6 +74,8 @@ public sealed class TransformTests : MLNetTestBase
 
         Column(model.Transform(data), "GeneratedText")
             .Should().Equal(Rows(4).Select(r => FakeTextGenerator.Complete(r.Prompt, "n4-r8")));
+        using (var engine = ml.Model.CreatePredictionEngine<Question, Answer>(model))
+            engine.Predict(new Question { Prompt = "abc" }).GeneratedText.Should().Be("cba|n4-r8");
         model.LastTransformer.Dispose();
     }
 }
