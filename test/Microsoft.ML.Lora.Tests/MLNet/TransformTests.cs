@@ -79,3 +79,37 @@ public sealed class TransformTests : MLNetTestBase
         model.LastTransformer.Dispose();
     }
 }
+
+public sealed class PromptJoinTests : MLNetTestBase
+{
+    public sealed class QA
+    {
+        public string Context { get; set; } = "";
+        public string Question { get; set; } = "";
+        public string Completion { get; set; } = "";
+    }
+
+    [Fact]
+    public void An_Expression_transform_joins_text_columns_into_the_prompt_and_the_pipeline_saves_and_loads()
+    {
+        var ml = new MLContext(seed: 1);
+        var rows = new[] { new QA { Context = "sky", Question = "color?", Completion = "blue" }, new QA { Context = "grass", Question = "color?", Completion = "green" } };
+        var data = ml.Data.LoadFromEnumerable(rows);
+        var pipeline = ml.Transforms.Expression("Prompt", "(c, q) => concat(c, \" \", q, \" ->: \")", "Context", "Question")
+            .Append(ml.Lora().CausalLm(new LoraCausalLmOptions { BaseModelFolder = BaseFolder }, new FakeTextGeneratorFactory()));
+
+        var model = pipeline.Fit(data);
+        var output = model.Transform(data);
+
+        Column(output, "Prompt").Should().Equal("sky color? ->: ", "grass color? ->: ");
+        var generated = Column(output, "GeneratedText");
+        generated.Should().Equal(FakeTextGenerator.Complete("sky color? ->: ", "n2-r8"), FakeTextGenerator.Complete("grass color? ->: ", "n2-r8"));
+
+        string zip = Path.Combine(Root, "joined.zip");
+        ml.Model.Save(model, data.Schema, zip);
+        model.Dispose();
+        var loaded = new MLContext(seed: 2).Model.Load(zip, out _);
+        Column(loaded.Transform(data), "GeneratedText").Should().Equal(generated);
+        ((IDisposable)loaded).Dispose();
+    }
+}

@@ -26,6 +26,9 @@ internal interface ITextGeneratorFactory
     /// <summary>Fine-tunes a LoRA adapter on <paramref name="examples"/> over the base model of <paramref name="options"/>.</summary>
     ITextGenerator Train(LoraCausalLmOptions options, IReadOnlyList<PromptCompletion> examples);
 
-    /// <summary>Loads the base model of <paramref name="options"/> with the adapter saved in <paramref name="adapterFolder"/>.</summary>
+    /// <summary>
+    /// Loads the base model of <paramref name="options"/> (its folder was checked against the saved fingerprint) with the
+    /// adapter saved in <paramref name="adapterFolder"/>, a temporary folder deleted once this returns.
+    /// </summary>
     ITextGenerator Load(LoraCausalLmOptions options, string adapterFolder);
 }
