@@ -65,7 +65,12 @@ public sealed class LoraCausalLmTrainer : IEstimator<LoraCausalLmTransformer>
         if (examples.Count == 0)
             throw new InvalidOperationException("The training data has no rows.");
 
-        var generator = _factory.Train(options, examples);
+        ITextGenerator generator;
+        using (var ch = _host.Start("Training"))
+        {
+            ch.Info(MessageSensitivity.None, $"Fine-tuning a LoRA adapter of '{baseModel.Folder}' on {examples.Count} examples.");
+            generator = _factory.Train(options, examples, message => ch.Info(MessageSensitivity.None, message));
+        }
         return new LoraCausalLmTransformer(_host, options, baseModel, _factory, generator);
     }
 

@@ -20,6 +20,19 @@ public sealed class TransformTests : MLNetTestBase
     }
 
     [Fact]
+    public void Training_progress_goes_to_the_MLContext_log()
+    {
+        var ml = new MLContext(seed: 1);
+        var messages = new List<string>();
+        ml.Log += (_, e) => { lock (messages) messages.Add(e.Message); };
+
+        using var model = Trainer(ml).Fit(ml.Data.LoadFromEnumerable(Rows(2)));
+
+        lock (messages)
+            messages.Should().Contain(m => m.Contains("fake training on 2 examples"));
+    }
+
+    [Fact]
     public void Transform_is_lazy_and_generates_in_batches()
     {
         var ml = new MLContext(seed: 1);

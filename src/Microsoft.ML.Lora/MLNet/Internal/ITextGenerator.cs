@@ -23,8 +23,11 @@ internal readonly record struct PromptCompletion(string Prompt, string Completio
 /// </summary>
 internal interface ITextGeneratorFactory
 {
-    /// <summary>Fine-tunes a LoRA adapter on <paramref name="examples"/> over the base model of <paramref name="options"/>.</summary>
-    ITextGenerator Train(LoraCausalLmOptions options, IReadOnlyList<PromptCompletion> examples);
+    /// <summary>
+    /// Fine-tunes a LoRA adapter on <paramref name="examples"/> over the base model of <paramref name="options"/>;
+    /// <paramref name="log"/> reports progress (loss, steps) to the MLContext's Log event.
+    /// </summary>
+    ITextGenerator Train(LoraCausalLmOptions options, IReadOnlyList<PromptCompletion> examples, Action<string> log);
 
     /// <summary>
     /// Loads the base model of <paramref name="options"/> (its folder was checked against the saved fingerprint) with the

@@ -6,7 +6,8 @@ namespace Microsoft.ML.Lora.MLNet;
 /// </summary>
 internal sealed class TorchSharpTextGeneratorFactory : ITextGeneratorFactory
 {
-    public ITextGenerator Train(LoraCausalLmOptions options, IReadOnlyList<PromptCompletion> examples) => throw NotYet();
+    public ITextGenerator Train(LoraCausalLmOptions options, IReadOnlyList<PromptCompletion> examples, Action<string> log) =>
+        throw NotYet();
 
     public ITextGenerator Load(LoraCausalLmOptions options, string adapterFolder) => throw NotYet();
 
