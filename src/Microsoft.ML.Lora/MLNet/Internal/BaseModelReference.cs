@@ -1,0 +1,65 @@
+using System.Collections.Concurrent;
+using System.Security.Cryptography;
+using System.Text;
+
+namespace Microsoft.ML.Lora.MLNet;
+
+/// <summary>
+/// What a saved model keeps of its base model: the folder and a fingerprint of its config and weights
+/// (SHA-256 over the names and bytes of config.json and every *.safetensors file of the folder, in ordinal order).
+/// </summary>
+internal sealed record BaseModelReference(string Folder, string Fingerprint)
+{
+    private static readonly ConcurrentDictionary<string, (string Stamp, string Fingerprint)> Cache = new();
+
+    /// <summary>Fingerprints <paramref name="folder"/>; throws naming the folder when it or its config.json is missing.</summary>
+    public static BaseModelReference Of(string folder)
+    {
+        if (string.IsNullOrWhiteSpace(folder))
+            throw new ArgumentException("The base model folder is not set (LoraCausalLmOptions.BaseModelFolder).", nameof(folder));
+        string full = Path.GetFullPath(folder);
+        return new BaseModelReference(full, ComputeFingerprint(full));
+    }
+
+    /// <summary>Throws naming the folder when it is missing or its fingerprint differs from the saved one.</summary>
+    public void Verify()
+    {
+        string actual = ComputeFingerprint(Folder);
+        if (!string.Equals(actual, Fingerprint, StringComparison.Ordinal))
+            throw new InvalidOperationException(
+                $"The base model folder '{Folder}' differs from the one the adapter was trained on: its config.json or weights changed " +
+                $"(fingerprint {actual}, expected {Fingerprint}).");
+    }
+
+    internal static string ComputeFingerprint(string folder)
+    {
+        if (!Directory.Exists(folder))
+            throw new DirectoryNotFoundException($"The base model folder '{folder}' does not exist.");
+        var files = Directory.EnumerateFiles(folder)
+            .Where(f => Path.GetFileName(f) == "config.json" || f.EndsWith(".safetensors", StringComparison.Ordinal))
+            .OrderBy(f => Path.GetFileName(f), StringComparer.Ordinal)
+            .ToList();
+        if (!files.Any(f => Path.GetFileName(f) == "config.json"))
+            throw new FileNotFoundException($"The base model folder '{folder}' has no config.json.", Path.Combine(folder, "config.json"));
+
+        // Hashing multi-gigabyte weights takes seconds: reuse the result while no file changed size or time.
+        string stamp = string.Join("|", files.Select(f => { var i = new FileInfo(f); return $"{i.Name}:{i.Length}:{i.LastWriteTimeUtc.Ticks}"; }));
+        if (Cache.TryGetValue(folder, out var cached) && cached.Stamp == stamp)
+            return cached.Fingerprint;
+
+        using var sha = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+        var buffer = new byte[1 << 20];
+        foreach (var file in files)
+        {
+            sha.AppendData(Encoding.UTF8.GetBytes(Path.GetFileName(file) + "\n"));
+            using var stream = new FileStream(file, FileMode.Open, FileAccess.Read, FileShare.Read, 1, FileOptions.SequentialScan);
+            sha.AppendData(BitConverter.GetBytes(stream.Length));
+            int read;
+            while ((read = stream.Read(buffer, 0, buffer.Length)) > 0)
+                sha.AppendData(buffer, 0, read);
+        }
+        string fingerprint = "sha256:" + Convert.ToHexString(sha.GetHashAndReset()).ToLowerInvariant();
+        Cache[folder] = (stamp, fingerprint);
+        return fingerprint;
+    }
+}

@@ -1,0 +1,37 @@
+namespace Microsoft.ML.Lora.MLNet;
+
+/// <summary>
+/// What the ML.NET layer needs from a fine-tuned causal LM: generate completions and write the adapter.
+/// Implemented by the TorchSharp backend (and by fakes in tests). Calls may come from several threads;
+/// <see cref="SharedTextGenerator"/> serializes them.
+/// </summary>
+internal interface ITextGenerator : IDisposable
+{
+    /// <summary>Completions of <paramref name="prompts"/>, one per prompt, in order.</summary>
+    IReadOnlyList<string> Generate(IReadOnlyList<string> prompts);
+
+    /// <summary>Writes the adapter in the PEFT format (adapter_config.json, adapter_model.safetensors) into an existing empty folder.</summary>
+    void SaveAdapter(string folder);
+}
+
+/// <summary>One training example read from the prompt and completion columns.</summary>
+internal readonly record struct PromptCompletion(string Prompt, string Completion);
+
+/// <summary>
+/// Trains and loads <see cref="ITextGenerator"/>s. Saved models name the factory type, so a factory must have a public
+/// parameterless constructor; only types of this assembly or of its friends can implement this internal interface.
+/// </summary>
+internal interface ITextGeneratorFactory
+{
+    /// <summary>
+    /// Fine-tunes a LoRA adapter on <paramref name="examples"/> over the base model of <paramref name="options"/>;
+    /// <paramref name="log"/> reports progress (loss, steps) to the MLContext's Log event.
+    /// </summary>
+    ITextGenerator Train(LoraCausalLmOptions options, IReadOnlyList<PromptCompletion> examples, Action<string> log);
+
+    /// <summary>
+    /// Loads the base model of <paramref name="options"/> (its folder was checked against the saved fingerprint) with the
+    /// adapter saved in <paramref name="adapterFolder"/>, a temporary folder deleted once this returns.
+    /// </summary>
+    ITextGenerator Load(LoraCausalLmOptions options, string adapterFolder);
+}

@@ -1,0 +1,74 @@
+namespace Microsoft.ML.Lora.MLNet;
+
+/// <summary>
+/// Reference-counted owner of an <see cref="ITextGenerator"/>: the transformer holds one reference and every row that
+/// generates (a PredictionEngine's, a cursor's) holds its own, so disposing one of them never frees weights that another
+/// still uses. The generator is disposed when the last reference goes. Calls to it are serialized.
+/// </summary>
+internal sealed class SharedTextGenerator
+{
+    private readonly ITextGenerator _generator;
+    private readonly object _lock = new();
+    private int _references = 1;
+
+    public SharedTextGenerator(ITextGenerator generator) => _generator = generator;
+
+    /// <summary>True once the generator was disposed.</summary>
+    public bool IsReleased { get { lock (_lock) return _references == 0; } }
+
+    public Lease Acquire()
+    {
+        lock (_lock)
+        {
+            if (_references == 0) throw new ObjectDisposedException(nameof(LoraCausalLmTransformer));
+            _references++;
+        }
+        return new Lease(this);
+    }
+
+    /// <summary>Drops the creator's reference.</summary>
+    public void Release()
+    {
+        bool dispose;
+        lock (_lock)
+        {
+            if (_references == 0) return;
+            dispose = --_references == 0;
+        }
+        if (dispose) _generator.Dispose();
+    }
+
+    public IReadOnlyList<string> Generate(IReadOnlyList<string> prompts)
+    {
+        lock (_lock)
+        {
+            if (_references == 0) throw new ObjectDisposedException(nameof(LoraCausalLmTransformer));
+            var result = _generator.Generate(prompts);
+            if (result.Count != prompts.Count)
+                throw new InvalidOperationException($"The text generator returned {result.Count} completions for {prompts.Count} prompts.");
+            return result;
+        }
+    }
+
+    public void SaveAdapter(string folder)
+    {
+        lock (_lock)
+        {
+            if (_references == 0) throw new ObjectDisposedException(nameof(LoraCausalLmTransformer));
+            _generator.SaveAdapter(folder);
+        }
+    }
+
+    /// <summary>One reference; disposing it releases that reference once.</summary>
+    public sealed class Lease : IDisposable
+    {
+        private SharedTextGenerator? _owner;
+
+        public Lease(SharedTextGenerator owner) => _owner = owner;
+
+        public IReadOnlyList<string> Generate(IReadOnlyList<string> prompts) =>
+            (_owner ?? throw new ObjectDisposedException(nameof(Lease))).Generate(prompts);
+
+        public void Dispose() => Interlocked.Exchange(ref _owner, null)?.Release();
+    }
+}

@@ -1,0 +1,82 @@
+using Microsoft.ML.Data;
+using Microsoft.ML.Lora.MLNet;
+using Microsoft.ML.Runtime;
+
+namespace Microsoft.ML.Lora;
+
+/// <summary>
+/// A base causal language model with a fine-tuned LoRA adapter. <see cref="Transform"/> adds a text column with the
+/// completion generated for each row's prompt, lazily and in batches. Saved with <c>mlContext.Model.Save</c> as the
+/// PEFT adapter, the generation options and a reference to the base model folder, never the base weights.
+/// Dispose it to free the model once no PredictionEngine or cursor made from it is in use.
+/// </summary>
+public sealed class LoraCausalLmTransformer : ITransformer, IDisposable
+{
+    private readonly IHost _host;
+    private readonly SharedTextGenerator _generator;
+
+    internal LoraCausalLmTransformer(IHostEnvironment env, LoraCausalLmOptions options, BaseModelReference baseModel,
+        ITextGeneratorFactory factory, ITextGenerator generator)
+    {
+        _host = env.Register(nameof(LoraCausalLmTransformer));
+        Options = options;
+        BaseModel = baseModel;
+        Factory = factory;
+        _generator = new SharedTextGenerator(generator);
+    }
+
+    /// <summary>Name of the prompt column read by <see cref="Transform"/>.</summary>
+    public string PromptColumnName => Options.PromptColumnName;
+
+    /// <summary>Name of the generated text column added by <see cref="Transform"/>.</summary>
+    public string OutputColumnName => Options.OutputColumnName;
+
+    /// <summary>Folder of the base model the adapter applies to.</summary>
+    public string BaseModelFolder => BaseModel.Folder;
+
+    internal LoraCausalLmOptions Options { get; }
+
+    internal BaseModelReference BaseModel { get; }
+
+    internal ITextGeneratorFactory Factory { get; }
+
+    internal SharedTextGenerator Generator => _generator;
+
+    /// <inheritdoc/>
+    bool ITransformer.IsRowToRowMapper => true;
+
+    /// <inheritdoc/>
+    public DataViewSchema GetOutputSchema(DataViewSchema inputSchema)
+    {
+        ArgumentNullException.ThrowIfNull(inputSchema);
+        SchemaChecks.TextColumn(inputSchema, PromptColumnName, "prompt", nameof(inputSchema));
+        return GeneratedTextSchema.Append(inputSchema, OutputColumnName);
+    }
+
+    /// <summary>
+    /// Adds the generated text column to <paramref name="input"/>. Nothing is generated until that column is read.
+    /// </summary>
+    public IDataView Transform(IDataView input)
+    {
+        ArgumentNullException.ThrowIfNull(input);
+        int prompt = SchemaChecks.TextColumn(input.Schema, PromptColumnName, "prompt", nameof(input));
+        return new GeneratedTextDataView(input, _generator, prompt, OutputColumnName, Options.Generation.BatchSize);
+    }
+
+    /// <inheritdoc/>
+    public IRowToRowMapper GetRowToRowMapper(DataViewSchema inputSchema)
+    {
+        ArgumentNullException.ThrowIfNull(inputSchema);
+        int prompt = SchemaChecks.TextColumn(inputSchema, PromptColumnName, "prompt", nameof(inputSchema));
+        return new GeneratedTextRowMapper(inputSchema, _generator, prompt, OutputColumnName);
+    }
+
+    /// <inheritdoc/>
+    void ICanSaveModel.Save(ModelSaveContext ctx) => LoraCausalLmModelFormat.Save(ctx, this);
+
+    /// <summary>
+    /// Drops this transformer's reference to the model; the model is freed once PredictionEngines and cursors made from
+    /// this transformer are disposed too.
+    /// </summary>
+    public void Dispose() => _generator.Release();
+}

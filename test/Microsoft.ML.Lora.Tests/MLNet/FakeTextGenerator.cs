@@ -1,0 +1,83 @@
+using System.Collections.Concurrent;
+using System.Text.Json;
+using Microsoft.ML.Lora.MLNet;
+
+namespace Microsoft.ML.Lora.Tests.MLNet;
+
+/// <summary>
+/// Stand-in for the TorchSharp backend: "trains" a tag from the examples and completes a prompt with the prompt
+/// reversed plus the tag. Its adapter is an adapter_config.json with the tag and a seeded pseudo-random
+/// adapter_model.safetensors, which <see cref="Load"/> checks byte for byte.
+/// </summary>
+internal sealed class FakeTextGeneratorFactory : ITextGeneratorFactory
+{
+    public const int AdapterBytes = 300_000;
+
+    /// <summary>Every generator made by any instance, for assertions on calls and disposal.</summary>
+    public static ConcurrentQueue<FakeTextGenerator> Made { get; } = new();
+
+    public ITextGenerator Train(LoraCausalLmOptions options, IReadOnlyList<PromptCompletion> examples, Action<string> log)
+    {
+        log($"fake training on {examples.Count} examples");
+        string tag = $"n{examples.Count}-r{options.Lora.Rank}";
+        return Remember(new FakeTextGenerator(tag, options.Seed));
+    }
+
+    public ITextGenerator Load(LoraCausalLmOptions options, string adapterFolder)
+    {
+        using var config = JsonDocument.Parse(File.ReadAllText(Path.Combine(adapterFolder, "adapter_config.json")));
+        string tag = config.RootElement.GetProperty("tag").GetString()!;
+        int seed = config.RootElement.GetProperty("seed").GetInt32();
+        byte[] weights = File.ReadAllBytes(Path.Combine(adapterFolder, "adapter_model.safetensors"));
+        if (!weights.AsSpan().SequenceEqual(AdapterWeights(seed)))
+            throw new InvalidDataException("adapter_model.safetensors did not come back bit-identical.");
+        return Remember(new FakeTextGenerator(tag, seed));
+    }
+
+    public static byte[] AdapterWeights(int seed)
+    {
+        var bytes = new byte[AdapterBytes];
+        new Random(seed).NextBytes(bytes);
+        return bytes;
+    }
+
+    private static FakeTextGenerator Remember(FakeTextGenerator generator)
+    {
+        Made.Enqueue(generator);
+        return generator;
+    }
+}
+
+internal sealed class FakeTextGenerator : ITextGenerator
+{
+    private readonly int _seed;
+
+    public FakeTextGenerator(string tag, int seed)
+    {
+        Tag = tag;
+        _seed = seed;
+    }
+
+    public string Tag { get; }
+
+    public List<int> BatchSizes { get; } = new();
+
+    public bool Disposed { get; private set; }
+
+    public static string Complete(string prompt, string tag) => new string(prompt.Reverse().ToArray()) + "|" + tag;
+
+    public IReadOnlyList<string> Generate(IReadOnlyList<string> prompts)
+    {
+        if (Disposed) throw new ObjectDisposedException(nameof(FakeTextGenerator));
+        BatchSizes.Add(prompts.Count);
+        return prompts.Select(p => Complete(p, Tag)).ToList();
+    }
+
+    public void SaveAdapter(string folder)
+    {
+        File.WriteAllText(Path.Combine(folder, "adapter_config.json"), JsonSerializer.Serialize(new { tag = Tag, seed = _seed, r = 8 }));
+        File.WriteAllBytes(Path.Combine(folder, "adapter_model.safetensors"), FakeTextGeneratorFactory.AdapterWeights(_seed));
+    }
+
+    public void Dispose() => Disposed = true;
+}

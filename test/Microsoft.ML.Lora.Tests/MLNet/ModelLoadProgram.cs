@@ -1,0 +1,22 @@
+using Microsoft.ML.Data;
+
+namespace Microsoft.ML.Lora.Tests.MLNet;
+
+/// <summary>
+/// Entry point of the test assembly (Microsoft.NET.Test.Sdk's generated one is turned off in the csproj), used by
+/// <see cref="SeparateProcessTests"/>: <c>dotnet exec Microsoft.ML.Lora.Tests.dll load-model ZIP PROMPT</c> loads a
+/// saved model in a fresh process, touching no type of Microsoft.ML.Lora first, and prints the generated text.
+/// </summary>
+public static class ModelLoadProgram
+{
+    public static int Main(string[] args)
+    {
+        if (args.Length != 3 || args[0] != "load-model")
+            return 2;
+        var ml = new MLContext(seed: 5);
+        var model = ml.Model.Load(args[1], out _);
+        var data = ml.Data.LoadFromEnumerable(new[] { new Question { Prompt = args[2] } });
+        Console.WriteLine("GENERATED:" + model.Transform(data).GetColumn<string>("GeneratedText").Single());
+        return 0;
+    }
+}
