@@ -1,0 +1,38 @@
+using Microsoft.ML.Tokenizers;
+
+namespace Microsoft.ML.Lora.Tokenization;
+
+/// <summary>The model step of a tokenizer: text of one segment (already normalized) to ids.</summary>
+internal interface IBpeModel
+{
+    void Encode(string text, List<int> ids);
+}
+
+/// <summary>
+/// Byte-level BPE (GPT-2, LLaMA-3, Qwen, BLOOM) on Microsoft.ML.Tokenizers' <see cref="BpeTokenizer"/> with
+/// <c>ByteLevel = true</c>, which matches HF on these vocabularies; only the pre-tokenizer is ours.
+/// </summary>
+internal sealed class ByteLevelBpe : IBpeModel
+{
+    private readonly BpeTokenizer _bpe;
+    private readonly HfPreTokenizer _preTokenizer;
+
+    public ByteLevelBpe(Dictionary<string, int> vocab, IEnumerable<string> merges, HfPreTokenizer preTokenizer)
+    {
+        _preTokenizer = preTokenizer;
+        _bpe = BpeTokenizer.Create(new BpeOptions(vocab)
+        {
+            Merges = merges,
+            ByteLevel = true,
+            PreTokenizer = preTokenizer,
+        });
+    }
+
+    public BpeTokenizer Inner => _bpe;
+
+    public void Encode(string text, List<int> ids)
+    {
+        if (text.Length == 0) return;
+        ids.AddRange(_bpe.EncodeToIds(_preTokenizer.Prepare(text), considerPreTokenization: true, considerNormalization: false));
+    }
+}
