@@ -6,6 +6,9 @@ namespace Microsoft.ML.Lora.Tokenization;
 internal interface IBpeModel
 {
     void Encode(string text, List<int> ids);
+
+    /// <summary>Adds (id, start, length) with char offsets into <paramref name="text"/>; false where unsupported.</summary>
+    bool TryEncodeWithOffsets(string text, int baseOffset, List<TokenSpan> output);
 }
 
 /// <summary>
@@ -34,5 +37,20 @@ internal sealed class ByteLevelBpe : IBpeModel
     {
         if (text.Length == 0) return;
         ids.AddRange(_bpe.EncodeToIds(_preTokenizer.Prepare(text), considerPreTokenization: true, considerNormalization: false));
+    }
+
+    public bool TryEncodeWithOffsets(string text, int baseOffset, List<TokenSpan> output)
+    {
+        if (text.Length == 0) return true;
+        var prepared = _preTokenizer.Prepare(text);
+        var shift = prepared.Length - text.Length; // a prefix space added by ByteLevel maps to offset 0
+        foreach (var t in _bpe.EncodeToTokens(prepared, out _, considerPreTokenization: true, considerNormalization: false))
+        {
+            var (start, length) = t.Offset.GetOffsetAndLength(prepared.Length);
+            var s = Math.Max(0, start - shift);
+            var e = Math.Max(0, start + length - shift);
+            output.Add(new TokenSpan(t.Id, baseOffset + s, e - s));
+        }
+        return true;
     }
 }

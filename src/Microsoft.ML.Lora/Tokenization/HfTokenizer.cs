@@ -16,6 +16,12 @@ public enum PaddingSide
 /// <param name="AttentionMask">1 where <paramref name="InputIds"/> holds a token, 0 where it holds padding.</param>
 public sealed record BatchEncoding(int[][] InputIds, int[][] AttentionMask);
 
+/// <summary>A token with the span of the input text it came from (empty for tokens the post-processor adds).</summary>
+/// <param name="Id">Token id.</param>
+/// <param name="Start">Offset of the first char in the input string.</param>
+/// <param name="Length">Number of chars.</param>
+public readonly record struct TokenSpan(int Id, int Start, int Length);
+
 /// <summary>
 /// A Hugging Face tokenizer read from a model folder (<c>tokenizer.json</c>, or <c>vocab.json</c> + <c>merges.txt</c>,
 /// with <c>tokenizer_config.json</c>). Encodes and decodes as the <c>tokenizers</c>/<c>transformers</c> libraries do.
@@ -84,6 +90,34 @@ public sealed class HfTokenizer
         }
         if (addSpecialTokens) ids.AddRange(_suffix);
         return ids.ToArray();
+    }
+
+    /// <summary>
+    /// Text to tokens with char offsets, where Microsoft.ML.Tokenizers gives them (byte-level BPE models). Offsets are
+    /// in the normalized segment, which is the input text unless a normalizer (e.g. NFC) changed it.
+    /// </summary>
+    /// <exception cref="NotSupportedException">For SentencePiece-style models, whose offsets are not tracked.</exception>
+    public IReadOnlyList<TokenSpan> EncodeWithOffsets(string text, bool addSpecialTokens = true)
+    {
+        ArgumentNullException.ThrowIfNull(text);
+        var spans = new List<TokenSpan>();
+        if (addSpecialTokens) spans.AddRange(_prefix.Select(id => new TokenSpan(id, 0, 0)));
+        var pos = 0;
+        foreach (var (segment, id) in _splitter.Split(text))
+        {
+            if (segment is null)
+            {
+                var len = _idToToken[id]!.Length;
+                spans.Add(new TokenSpan(id, pos, len));
+                pos += len;
+                continue;
+            }
+            if (!_model.TryEncodeWithOffsets(_normalizer?.Normalize(segment) ?? segment, pos, spans))
+                throw new NotSupportedException("Offsets are available for byte-level BPE tokenizers only.");
+            pos += segment.Length;
+        }
+        if (addSpecialTokens) spans.AddRange(_suffix.Select(id => new TokenSpan(id, text.Length, 0)));
+        return spans;
     }
 
     /// <summary>Encodes several texts, truncates them to <paramref name="maxLength"/> and pads them to a common length.</summary>

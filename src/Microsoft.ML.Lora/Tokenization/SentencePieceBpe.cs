@@ -39,6 +39,9 @@ internal sealed class SentencePieceBpe : IBpeModel
         foreach (var (o, l) in _preTokenizer.Pieces(text)) EncodeWord(text.Substring(o, l), ids);
     }
 
+    /// <summary>Offsets are not tracked through the SentencePiece normalizers (Prepend/Replace).</summary>
+    public bool TryEncodeWithOffsets(string text, int baseOffset, List<TokenSpan> output) => false;
+
     private sealed class Symbol
     {
         public required string Text;

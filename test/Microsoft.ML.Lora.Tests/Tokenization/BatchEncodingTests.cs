@@ -43,3 +43,31 @@ public class BatchEncodingTests
         batch.AttentionMask[0].Should().Equal(0, 0, 1);
     }
 }
+
+public class OffsetTests
+{
+    [Theory]
+    [InlineData("gpt2")]
+    [InlineData("llama3")]
+    [InlineData("qwen3")]
+    public void OffsetsCoverTheTextAndMatchTheIds(string name)
+    {
+        var tok = HfTokenizer.Load(Fixtures.Tokenizer(name));
+        const string text = "Hello world, it's 2024! Café <|endoftext|> 你好";
+        var spans = tok.EncodeWithOffsets(text, addSpecialTokens: false);
+        spans.Select(s => s.Id).Should().Equal(tok.Encode(text, addSpecialTokens: false));
+        spans[0].Should().Be(new TokenSpan(spans[0].Id, 0, 5)); // "Hello"
+        spans[1].Start.Should().Be(5);                          // " world"
+        text.Substring(spans[1].Start, spans[1].Length).Should().Be(" world");
+        spans[^1].Start.Should().BeLessThan(text.Length);
+        (spans[^1].Start + spans[^1].Length).Should().Be(text.Length);
+    }
+
+    [Fact]
+    public void SentencePieceOffsetsAreNotSupported()
+    {
+        var tok = HfTokenizer.Load(Fixtures.Tokenizer("llama2"));
+        var act = () => tok.EncodeWithOffsets("Hello");
+        act.Should().Throw<NotSupportedException>().WithMessage("*byte-level*");
+    }
+}
