@@ -5,10 +5,13 @@ namespace Microsoft.ML.Lora.Tokenization;
 /// <summary>The model step of a tokenizer: text of one segment (already normalized) to ids.</summary>
 internal interface IBpeModel
 {
-    void Encode(string text, List<int> ids);
+    /// <param name="text">One normalized segment.</param>
+    /// <param name="ids">Receives the ids.</param>
+    /// <param name="atStart">Whether the segment starts the input (Metaspace's <c>prepend_scheme: first</c>).</param>
+    void Encode(string text, List<int> ids, bool atStart);
 
     /// <summary>Adds (id, start, length) with char offsets into <paramref name="text"/>; false where unsupported.</summary>
-    bool TryEncodeWithOffsets(string text, int baseOffset, List<TokenSpan> output);
+    bool TryEncodeWithOffsets(string text, int baseOffset, List<TokenSpan> output, bool atStart);
 }
 
 /// <summary>
@@ -33,16 +36,16 @@ internal sealed class ByteLevelBpe : IBpeModel
 
     public BpeTokenizer Inner => _bpe;
 
-    public void Encode(string text, List<int> ids)
+    public void Encode(string text, List<int> ids, bool atStart)
     {
         if (text.Length == 0) return;
-        ids.AddRange(_bpe.EncodeToIds(_preTokenizer.Prepare(text), considerPreTokenization: true, considerNormalization: false));
+        ids.AddRange(_bpe.EncodeToIds(_preTokenizer.Prepare(text, atStart), considerPreTokenization: true, considerNormalization: false));
     }
 
-    public bool TryEncodeWithOffsets(string text, int baseOffset, List<TokenSpan> output)
+    public bool TryEncodeWithOffsets(string text, int baseOffset, List<TokenSpan> output, bool atStart)
     {
         if (text.Length == 0) return true;
-        var prepared = _preTokenizer.Prepare(text);
+        var prepared = _preTokenizer.Prepare(text, atStart);
         var shift = prepared.Length - text.Length; // a prefix space added by ByteLevel maps to offset 0
         foreach (var t in _bpe.EncodeToTokens(prepared, out _, considerPreTokenization: true, considerNormalization: false))
         {

@@ -83,10 +83,12 @@ public sealed class HfTokenizer
         ArgumentNullException.ThrowIfNull(text);
         var ids = new List<int>();
         if (addSpecialTokens) ids.AddRange(_prefix);
+        var atStart = true;
         foreach (var (segment, id) in _splitter.Split(text))
         {
-            if (segment is null) { ids.Add(id); continue; }
-            _model.Encode(_normalizer?.Normalize(segment) ?? segment, ids);
+            if (segment is null) ids.Add(id);
+            else _model.Encode(_normalizer?.Normalize(segment) ?? segment, ids, atStart);
+            atStart = false;
         }
         if (addSpecialTokens) ids.AddRange(_suffix);
         return ids.ToArray();
@@ -112,7 +114,7 @@ public sealed class HfTokenizer
                 pos += len;
                 continue;
             }
-            if (!_model.TryEncodeWithOffsets(_normalizer?.Normalize(segment) ?? segment, pos, spans))
+            if (!_model.TryEncodeWithOffsets(_normalizer?.Normalize(segment) ?? segment, pos, spans, pos == 0))
                 throw new NotSupportedException("Offsets are available for byte-level BPE tokenizers only.");
             pos += segment.Length;
         }

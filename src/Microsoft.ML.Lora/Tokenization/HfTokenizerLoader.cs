@@ -183,8 +183,14 @@ internal static class HfTokenizerLoader
             case "ByteLevel":
                 return [new ByteLevelStep(Bool(p, "add_prefix_space") ?? false, Bool(p, "use_regex") ?? true)];
             case "Metaspace":
-                var scheme = Str(p, "prepend_scheme") ?? ((Bool(p, "add_prefix_space") ?? true) ? "always" : "never");
-                return [new MetaspaceStep(Replacement(p), scheme != "never", Bool(p, "split") ?? true)];
+                var scheme = (Str(p, "prepend_scheme") ?? ((Bool(p, "add_prefix_space") ?? true) ? "always" : "never")) switch
+                {
+                    "always" => MetaspaceStep.Scheme.Always,
+                    "first" => MetaspaceStep.Scheme.First,
+                    "never" => MetaspaceStep.Scheme.Never,
+                    var s => throw Unsupported("Metaspace prepend_scheme", s, path),
+                };
+                return [new MetaspaceStep(Replacement(p), scheme, Bool(p, "split") ?? true)];
             case "Split":
                 var pattern = p.GetProperty("pattern");
                 var regex = pattern.TryGetProperty("Regex", out var r)

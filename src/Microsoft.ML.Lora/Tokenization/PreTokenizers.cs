@@ -11,7 +11,7 @@ internal enum SplitBehavior { Removed, Isolated, MergedWithPrevious, MergedWithN
 internal abstract class PreTokenizeStep
 {
     /// <summary>Text rewrite done once per segment before splitting (ByteLevel's prefix space, Metaspace's ▁).</summary>
-    public virtual string Prepare(string text) => text;
+    public virtual string Prepare(string text, bool atStart) => text;
 
     public abstract void Split(string text, int offset, int length, List<(int Offset, int Length)> output);
 }
@@ -109,7 +109,7 @@ internal sealed class ByteLevelStep(bool addPrefixSpace, bool useRegex) : PreTok
     private static readonly Regex Gpt2 = new(ByteLevel.Gpt2Pattern, RegexOptions.Compiled);
     private readonly SplitStep? _split = useRegex ? new SplitStep(Gpt2, SplitBehavior.Isolated, false) : null;
 
-    public override string Prepare(string text) => addPrefixSpace && text.Length > 0 && text[0] != ' ' ? " " + text : text;
+    public override string Prepare(string text, bool atStart) => addPrefixSpace && text.Length > 0 && text[0] != ' ' ? " " + text : text;
 
     public override void Split(string text, int offset, int length, List<(int Offset, int Length)> output)
     {
@@ -119,12 +119,14 @@ internal sealed class ByteLevelStep(bool addPrefixSpace, bool useRegex) : PreTok
 }
 
 /// <summary>HF <c>Metaspace</c>: spaces become ▁, a ▁ is prepended per <c>prepend_scheme</c>, and ▁ starts each word.</summary>
-internal sealed class MetaspaceStep(char replacement, bool prepend, bool split) : PreTokenizeStep
+internal sealed class MetaspaceStep(char replacement, MetaspaceStep.Scheme prepend, bool split) : PreTokenizeStep
 {
-    public override string Prepare(string text)
+    public enum Scheme { Always, First, Never }
+
+    public override string Prepare(string text, bool atStart)
     {
         text = text.Replace(' ', replacement);
-        return prepend && text.Length > 0 && text[0] != replacement ? replacement + text : text;
+        return (prepend == Scheme.Always || prepend == Scheme.First && atStart) && text.Length > 0 && text[0] != replacement ? replacement + text : text;
     }
 
     public override void Split(string text, int offset, int length, List<(int Offset, int Length)> output)
@@ -149,9 +151,9 @@ internal sealed class HfPreTokenizer(IReadOnlyList<PreTokenizeStep> steps) : Pre
 {
     public IReadOnlyList<PreTokenizeStep> Steps => steps;
 
-    public string Prepare(string text)
+    public string Prepare(string text, bool atStart = true)
     {
-        foreach (var s in steps) text = s.Prepare(text);
+        foreach (var s in steps) text = s.Prepare(text, atStart);
         return text;
     }
 

@@ -31,16 +31,16 @@ internal sealed class SentencePieceBpe : IBpeModel
         _preTokenizer = preTokenizer;
     }
 
-    public void Encode(string text, List<int> ids)
+    public void Encode(string text, List<int> ids, bool atStart)
     {
         if (text.Length == 0) return;
         if (_preTokenizer is null) { EncodeWord(text, ids); return; }
-        text = _preTokenizer.Prepare(text);
+        text = _preTokenizer.Prepare(text, atStart);
         foreach (var (o, l) in _preTokenizer.Pieces(text)) EncodeWord(text.Substring(o, l), ids);
     }
 
     /// <summary>Offsets are not tracked through the SentencePiece normalizers (Prepend/Replace).</summary>
-    public bool TryEncodeWithOffsets(string text, int baseOffset, List<TokenSpan> output) => false;
+    public bool TryEncodeWithOffsets(string text, int baseOffset, List<TokenSpan> output, bool atStart) => false;
 
     private sealed class Symbol
     {
