@@ -18,7 +18,7 @@ internal sealed class LoraLinear : nn.Module<Tensor, Tensor>, ILinear
     private readonly AdapterDict lora_B;
 #pragma warning restore IDE1006
     private readonly Dictionary<string, double> _scaling = new();
-    private readonly Dictionary<string, nn.Module<Tensor, Tensor>?> _dropout = new();
+    private readonly Dictionary<string, double> _dropout = new();
     private readonly List<string> _merged = new();
 
     public LoraLinear(nn.Module<Tensor, Tensor> baseLayer) : base(nameof(LoraLinear))
@@ -77,7 +77,7 @@ internal sealed class LoraLinear : nn.Module<Tensor, Tensor>, ILinear
         lora_A.Add(name, a);
         lora_B.Add(name, b);
         _scaling[name] = config.Scaling;
-        _dropout[name] = config.LoraDropout > 0 ? nn.Dropout(config.LoraDropout) : null;
+        _dropout[name] = config.LoraDropout;
         ActiveAdapter ??= name;
     }
 
@@ -107,7 +107,7 @@ internal sealed class LoraLinear : nn.Module<Tensor, Tensor>, ILinear
         var a = lora_A.Items[ActiveAdapter];
         var b = lora_B.Items[ActiveAdapter];
         var drop = _dropout[ActiveAdapter];
-        using var dx = drop is null ? x.alias() : drop.forward(x);
+        using var dx = drop > 0 && training ? nn.functional.dropout(x, drop, true) : x.alias();
         using var ax = a.forward(dx.to(a.weight!.dtype));
         using var bax = b.forward(ax);
         using var scaled = bax.mul(_scaling[ActiveAdapter]);

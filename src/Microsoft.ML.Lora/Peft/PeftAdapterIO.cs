@@ -102,7 +102,7 @@ internal static class PeftAdapterIO
         };
     }
 
-    /// <summary>Writes the adapter folder; each file is written atomically, the weights before the config.</summary>
+    /// <summary>Writes the adapter folder; a failure leaves the previous adapter files as they were.</summary>
     public static void Save(LoraModel model, string folder, string? adapter = null)
     {
         adapter ??= model.ActiveAdapter;
@@ -111,13 +111,27 @@ internal static class PeftAdapterIO
         var targets = config.TargetModules is { } t ? t : model.Layers.Keys.Select(p => p.Split('.')[^1]).ToList();
         var state = StateDict(model, adapter);
         var cpu = state.Select(kv => new KeyValuePair<string, Tensor>(kv.Key, kv.Value.detach().cpu().contiguous())).ToList();
+        string id = Guid.NewGuid().ToString("N");
+        string tmpWeights = Path.Combine(folder, $".{WeightsFile}.{id}.part"), tmpConfig = Path.Combine(folder, $".{ConfigFile}.{id}.part");
         try
         {
-            SafeTensorsWriter.Save(Path.Combine(folder, WeightsFile), cpu, new Dictionary<string, string> { ["format"] = "pt" });
+            // Both files are complete on disk before either replaces the previous adapter.
+            SafeTensorsWriter.Save(tmpWeights, cpu, new Dictionary<string, string> { ["format"] = "pt" });
+            AtomicFile.WriteAllText(tmpConfig, ConfigJson(config, targets).ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+            BeforeCommit?.Invoke(folder);
+            File.Move(tmpWeights, Path.Combine(folder, WeightsFile), overwrite: true);
+            File.Move(tmpConfig, Path.Combine(folder, ConfigFile), overwrite: true);
         }
-        finally { foreach (var kv in cpu) kv.Value.Dispose(); }
-        AtomicFile.WriteAllText(Path.Combine(folder, ConfigFile), ConfigJson(config, targets).ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+        finally
+        {
+            foreach (var kv in cpu) kv.Value.Dispose();
+            File.Delete(tmpWeights);
+            File.Delete(tmpConfig);
+        }
     }
+
+    /// <summary>Test hook: runs after both files are written, before they replace the previous ones.</summary>
+    internal static Action<string>? BeforeCommit;
 
     /// <summary>
     /// Copies the weights of an adapter folder into <paramref name="adapter"/> of <paramref name="model"/>; every expected
