@@ -48,10 +48,22 @@ internal sealed class LoraTrainer
     /// </summary>
     public double Step(IReadOnlyList<Batch> microBatches, double lr)
     {
+        SetLr(lr);
+        double total = Backward(microBatches);
+        if (_o.MaxGradNorm > 0) nn.utils.clip_grad_norm_(_params, _o.MaxGradNorm);
+        _optimizer.step();
+        _optimizer.zero_grad();
+        GlobalStep++;
+        Losses.Add(total);
+        return total;
+    }
+
+    /// <summary>Forward and backward over the micro-batches, leaving the gradients on the trainable parameters; returns the loss.</summary>
+    public double Backward(IReadOnlyList<Batch> microBatches)
+    {
         long valid = 0;
         foreach (var b in microBatches) using (var l = b.Labels[.., 1..]) using (var ne = l.ne(CausalLmLoss.IgnoreIndex)) valid += ne.sum().item<long>();
         if (valid == 0) throw new InvalidOperationException($"Step {GlobalStep + 1}: the batch has no label tokens (all -100); nothing to learn from.");
-        SetLr(lr);
         _model.Model.train();
         manual_seed(_o.Seed + GlobalStep); // dropout masks depend only on the step, so a resumed run repeats them
         double total = 0;
@@ -70,13 +82,10 @@ internal sealed class LoraTrainer
             total += value;
             loss.backward();
         }
-        if (_o.MaxGradNorm > 0) nn.utils.clip_grad_norm_(_params, _o.MaxGradNorm);
-        _optimizer.step();
-        _optimizer.zero_grad();
-        GlobalStep++;
-        Losses.Add(total);
         return total;
     }
+
+    public void ZeroGrad() => _optimizer.zero_grad();
 
     /// <summary>Mean loss over all label tokens of <paramref name="examples"/>.</summary>
     public double Evaluate(IReadOnlyList<(int[] Ids, long[] Labels)> examples, Collator collator)

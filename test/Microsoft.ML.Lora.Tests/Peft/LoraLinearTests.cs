@@ -4,6 +4,7 @@ using static TorchSharp.torch;
 
 namespace Microsoft.ML.Lora.Tests.Peft;
 
+[Collection("TorchGlobalRng")]
 public class LoraLinearTests
 {
     private static LoraLinear Make(bool conv, LoraInit init = LoraInit.Random, int r = 4, double alpha = 8)

@@ -5,6 +5,7 @@ using static TorchSharp.torch;
 
 namespace Microsoft.ML.Lora.Tests.Peft;
 
+[Collection("TorchGlobalRng")]
 public class LoraModelTests
 {
     private static readonly LoraConfig R8 = new() { R = 8, LoraAlpha = 16 };

@@ -3,6 +3,7 @@ using static TorchSharp.torch;
 
 namespace Microsoft.ML.Lora.Tests.Training;
 
+[Collection("TorchGlobalRng")]
 public class ScheduleLossCollatorTests
 {
     [Theory]

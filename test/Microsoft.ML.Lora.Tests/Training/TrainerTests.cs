@@ -5,6 +5,7 @@ using static TorchSharp.torch;
 
 namespace Microsoft.ML.Lora.Tests.Training;
 
+[Collection("TorchGlobalRng")]
 public class TrainerTests
 {
     private sealed class SyncProgress(Action<TrainingProgress> a) : IProgress<TrainingProgress> { public void Report(TrainingProgress p) => a(p); }
