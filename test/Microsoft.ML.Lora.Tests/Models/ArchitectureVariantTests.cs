@@ -72,4 +72,23 @@ public class ArchitectureVariantTests
         for (int i = 0; i < 3; i++) gen.Generate([518, 68, 330], options);
         TorchSharp.DisposeScopeManager.Statistics.ThreadTotalLiveCount.Should().Be(before);
     }
+
+    [Theory]
+    [InlineData("bloom")]
+    [InlineData("gpt2")]
+    [InlineData("llama")]
+    [InlineData("qwen2")]
+    public void Backward_through_padded_batch_gives_finite_gradients(string arch)
+    {
+        using var scope = NewDisposeScope();
+        using var model = ModelLoader.Load(Fixtures.Model(arch));
+        foreach (var p in model.parameters()) p.requires_grad = true;
+        var ids = ModelFixtureTests.Ref(arch, "logits_input_ids");
+        var mask = ModelFixtureTests.Ref(arch, "logits_attention_mask");
+        var logits = model.Forward(ids, mask);
+        var valid = mask.to_type(ScalarType.Bool).unsqueeze(-1).expand_as(logits);
+        logits.masked_select(valid).pow(2).mean().backward();
+        foreach (var (name, p) in model.named_parameters())
+            p.grad!.isfinite().all().item<bool>().Should().BeTrue(name);
+    }
 }
