@@ -53,6 +53,9 @@ internal static class ModelLoader
 
     internal static Device ResolveDevice(string name)
     {
+        if (name.StartsWith("cuda", StringComparison.OrdinalIgnoreCase) && !cuda.is_available())
+            throw new InvalidOperationException(
+                $"Device '{name}' was requested but CUDA is not available (torch.cuda.is_available() is false): reference the TorchSharp-cuda-linux or TorchSharp-cuda-windows runtime package and check the NVIDIA driver, or load on 'cpu'.");
         Device device;
         try { device = torch.device(name); }
         catch (Exception e) { throw new ArgumentException($"'{name}' is not a device (use cpu, cuda or cuda:N).", e); }
@@ -134,12 +137,13 @@ internal static class ModelFactory
     public static CausalLm CreateRandom(ModelConfig config, long seed, ScalarType dtype = ScalarType.Float32, string device = "cpu")
     {
         var dev = ModelLoader.ResolveDevice(device);
-        torch.random.manual_seed(seed);
         var model = Create(config);
+        // A private generator: the global one is shared with anything else building modules concurrently.
+        using (var generator = new torch.Generator((ulong)seed))
         using (no_grad())
         {
             foreach (var (_, p) in model.named_parameters())
-                if (p.dim() >= 2) p.normal_(0, 0.02);
+                if (p.dim() >= 2) p.normal_(0, 0.02, generator);
         }
         model.to(dtype).to(dev);
         Freeze(model);
