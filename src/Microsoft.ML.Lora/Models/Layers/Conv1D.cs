@@ -7,8 +7,12 @@ namespace Microsoft.ML.Lora.Models.Layers;
 /// <summary>GPT-2's "Conv1D": y = x W + b with W stored [in, out], exactly as in its checkpoints.</summary>
 internal sealed class Conv1D : nn.Module<Tensor, Tensor>, ILinear
 {
-    public Parameter weight { get; private set; }
-    public Parameter? bias { get; private set; }
+    // Fields, not properties: TorchSharp names parameters after fields ("weight", not "<weight>k__BackingField")
+    // and rebinds them by field name on to(dtype/device).
+    public Parameter weight;
+    public Parameter? bias;
+    Parameter ILinear.weight => weight;
+    Parameter? ILinear.bias => bias;
     public long InFeatures { get; }
     public long OutFeatures { get; }
     public bool FanInFanOut => true;

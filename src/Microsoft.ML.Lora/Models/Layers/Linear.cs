@@ -7,8 +7,12 @@ namespace Microsoft.ML.Lora.Models.Layers;
 /// <summary>y = x Wᵀ + b with W stored [out, in], as torch.nn.Linear and Hugging Face checkpoints store it.</summary>
 internal sealed class Linear : nn.Module<Tensor, Tensor>, ILinear
 {
-    public Parameter weight { get; private set; }
-    public Parameter? bias { get; private set; }
+    // Fields, not properties: TorchSharp names parameters after fields ("weight", not "<weight>k__BackingField")
+    // and rebinds them by field name on to(dtype/device).
+    public Parameter weight;
+    public Parameter? bias;
+    Parameter ILinear.weight => weight;
+    Parameter? ILinear.bias => bias;
     public long InFeatures { get; }
     public long OutFeatures { get; }
     public bool FanInFanOut => false;

@@ -1,0 +1,140 @@
+using Microsoft.ML.Lora.Models.Layers;
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace Microsoft.ML.Lora.Peft;
+
+/// <summary>
+/// A frozen linear layer plus low-rank updates, as PEFT's <c>lora.Linear</c>: y = base(x) + scale · B(A(dropout(x))),
+/// with lora_A [r, in] and lora_B [out, r]. State-dict names are PEFT's: <c>base_layer.weight</c>,
+/// <c>lora_A.&lt;adapter&gt;.weight</c>, <c>lora_B.&lt;adapter&gt;.weight</c>. Several adapters may be held; one is active.
+/// </summary>
+internal sealed class LoraLinear : nn.Module<Tensor, Tensor>, ILinear
+{
+#pragma warning disable IDE1006 // PEFT's names, registered by field name
+    private readonly nn.Module<Tensor, Tensor> base_layer;
+    private readonly AdapterDict lora_A;
+    private readonly AdapterDict lora_B;
+#pragma warning restore IDE1006
+    private readonly Dictionary<string, double> _scaling = new();
+    private readonly Dictionary<string, double> _dropout = new();
+    private readonly List<string> _merged = new();
+
+    public LoraLinear(nn.Module<Tensor, Tensor> baseLayer) : base(nameof(LoraLinear))
+    {
+        if (baseLayer is not ILinear) throw new ArgumentException($"LoRA wraps linear layers (ILinear); got {baseLayer.GetType().Name}.");
+        base_layer = baseLayer;
+        lora_A = new AdapterDict("lora_A");
+        lora_B = new AdapterDict("lora_B");
+        RegisterComponents();
+        foreach (var p in base_layer.parameters()) p.requires_grad = false;
+    }
+
+    public nn.Module<Tensor, Tensor> BaseLayer => base_layer;
+    private ILinear Base => (ILinear)base_layer;
+    public long InFeatures => Base.InFeatures;
+    public long OutFeatures => Base.OutFeatures;
+    public Parameter weight => Base.weight;
+    public Parameter? bias => Base.bias;
+    public bool FanInFanOut => Base.FanInFanOut;
+
+    /// <summary>The adapter used in forward, or null for none.</summary>
+    public string? ActiveAdapter { get; set; }
+    /// <summary>When true, forward is the base layer alone (PEFT's disable_adapter()).</summary>
+    public bool AdaptersDisabled { get; set; }
+    public IReadOnlyList<string> MergedAdapters => _merged;
+    public IEnumerable<string> Adapters => lora_A.Items.Keys;
+
+    public Parameter LoraA(string adapter) => lora_A.Items.TryGetValue(adapter, out var l) ? l.weight! : throw new KeyNotFoundException($"No LoRA adapter '{adapter}'.");
+    public Parameter LoraB(string adapter) => lora_B.Items[adapter].weight!;
+    public double Scaling(string adapter) => _scaling[adapter];
+
+    /// <summary>Adds adapter <paramref name="name"/> initialised as PEFT's <c>reset_lora_parameters</c>.</summary>
+    public void AddAdapter(string name, LoraConfig config)
+    {
+        config.Validate();
+        if (lora_A.Items.ContainsKey(name)) throw new ArgumentException($"Adapter '{name}' already exists on this layer.");
+        var w = Base.weight;
+        var a = nn.Linear(InFeatures, config.R, hasBias: false, device: w.device, dtype: w.dtype);
+        var b = nn.Linear(config.R, OutFeatures, hasBias: false, device: w.device, dtype: w.dtype);
+        using (no_grad())
+        {
+            switch (config.InitLoraWeights)
+            {
+                case LoraInit.Default:
+                    nn.init.kaiming_uniform_(a.weight!, a: Math.Sqrt(5));
+                    nn.init.zeros_(b.weight!);
+                    break;
+                case LoraInit.Gaussian:
+                    nn.init.normal_(a.weight!, std: 1.0 / config.R);
+                    nn.init.zeros_(b.weight!);
+                    break;
+                case LoraInit.Random:
+                    break; // both keep nn.Linear's kaiming-uniform init
+            }
+        }
+        lora_A.Add(name, a);
+        lora_B.Add(name, b);
+        _scaling[name] = config.Scaling;
+        _dropout[name] = config.LoraDropout;
+        ActiveAdapter ??= name;
+    }
+
+    public void DeleteAdapter(string name)
+    {
+        if (_merged.Contains(name)) throw new InvalidOperationException($"Unmerge adapter '{name}' before deleting it.");
+        lora_A.Remove(name);
+        lora_B.Remove(name);
+        _scaling.Remove(name);
+        _dropout.Remove(name);
+        if (ActiveAdapter == name) ActiveAdapter = lora_A.Items.Keys.FirstOrDefault();
+    }
+
+    /// <summary>scale · B·A laid out like the base weight ([out, in], or [in, out] when fan_in_fan_out).</summary>
+    public Tensor DeltaWeight(string adapter)
+    {
+        using var scope = NewDisposeScope();
+        var d = matmul(LoraB(adapter), LoraA(adapter)).mul(_scaling[adapter]);
+        if (FanInFanOut) d = d.t();
+        return d.MoveToOuterDisposeScope();
+    }
+
+    public override Tensor forward(Tensor x)
+    {
+        var result = base_layer.forward(x);
+        if (AdaptersDisabled || ActiveAdapter is null || _merged.Contains(ActiveAdapter)) return result;
+        var a = lora_A.Items[ActiveAdapter];
+        var b = lora_B.Items[ActiveAdapter];
+        var drop = _dropout[ActiveAdapter];
+        using var dx = drop > 0 && training ? nn.functional.dropout(x, drop, true) : x.alias();
+        using var ax = a.forward(dx.to(a.weight!.dtype));
+        using var bax = b.forward(ax);
+        using var scaled = bax.mul(_scaling[ActiveAdapter]);
+        return result.add_(scaled.to(result.dtype));
+    }
+
+    /// <summary>Adds the adapter's update into the base weight (PEFT's merge); forward then skips the adapter.</summary>
+    public void Merge(string? adapter = null)
+    {
+        adapter ??= ActiveAdapter ?? throw new InvalidOperationException("No adapter to merge.");
+        if (_merged.Contains(adapter)) return;
+        using (no_grad())
+        using (var d = DeltaWeight(adapter))
+        {
+            var w = Base.weight;
+            if (!d.isfinite().all().item<bool>()) throw new InvalidOperationException($"Adapter '{adapter}' has non-finite weights; refusing to merge.");
+            w.add_(d.to(w.dtype));
+        }
+        _merged.Add(adapter);
+    }
+
+    /// <summary>Subtracts merged updates from the base weight again.</summary>
+    public void Unmerge()
+    {
+        using (no_grad())
+            for (int i = _merged.Count - 1; i >= 0; i--)
+                using (var d = DeltaWeight(_merged[i])) Base.weight.sub_(d.to(Base.weight.dtype));
+        _merged.Clear();
+    }
+}

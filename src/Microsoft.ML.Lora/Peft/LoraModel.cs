@@ -1,0 +1,182 @@
+using System.Globalization;
+using Microsoft.ML.Lora.Models;
+using Microsoft.ML.Lora.Models.Layers;
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace Microsoft.ML.Lora.Peft;
+
+/// <summary>
+/// LoRA applied to a <see cref="CausalLm"/> in place (PEFT's LoraModel / get_peft_model): targets are wrapped in
+/// <see cref="LoraLinear"/>, every base parameter is frozen, and the adapter parameters are trainable.
+/// </summary>
+internal sealed class LoraModel
+{
+    private readonly Dictionary<string, LoraConfig> _configs = new();
+
+    public CausalLm Model { get; }
+    /// <summary>Wrapped layers by module path (the path of the original linear).</summary>
+    public IReadOnlyDictionary<string, LoraLinear> Layers { get; }
+    public string ActiveAdapter { get; private set; }
+    public LoraConfig Config => _configs[ActiveAdapter];
+    public IReadOnlyDictionary<string, LoraConfig> Configs => _configs;
+    /// <summary>Paths of modules_to_save modules.</summary>
+    public IReadOnlyList<string> SavedModules { get; private set; } = [];
+
+    private LoraModel(CausalLm model, Dictionary<string, LoraLinear> layers, string adapter)
+    {
+        Model = model; Layers = layers; ActiveAdapter = adapter;
+    }
+
+    /// <summary>Names of the linear layers of <paramref name="model"/> (what target_modules can match).</summary>
+    public static List<(string Path, ILinear Linear)> LinearModules(nn.Module model) =>
+        model.named_modules().Where(m => m.module is ILinear && m.module is not LoraLinear && !m.name.Contains(".base_layer", StringComparison.Ordinal) && !m.name.StartsWith("base_layer", StringComparison.Ordinal))
+            .Select(m => (m.name, (ILinear)m.module)).ToList();
+
+    /// <summary>The paths <paramref name="config"/> selects on a model with these linear paths.</summary>
+    public static List<string> SelectTargets(IEnumerable<string> linearPaths, LoraConfig config, string modelType)
+    {
+        config.Validate();
+        var paths = linearPaths.ToList();
+        var targets = config.TargetModules ?? LoraConfig.DefaultTargets(modelType);
+        List<string> selected;
+        if (targets.Count == 1 && targets[0] == LoraConfig.AllLinear)
+            selected = paths.Where(p => p.Split('.')[^1] != "lm_head").ToList();
+        else
+            selected = paths.Where(p => targets.Any(t => LoraConfig.SuffixMatch(p, t))).ToList();
+        if (config.LayersToTransform is { } layers)
+            selected = selected.Where(p => LoraConfig.LayerIndex(p) is int i && layers.Contains(i)).ToList();
+        if (selected.Count == 0)
+        {
+            var names = paths.Select(p => System.Text.RegularExpressions.Regex.Replace(p, @"\.\d+\.", ".N.")).Distinct();
+            throw new ArgumentException(
+                $"Target modules [{string.Join(", ", targets)}] not found in the {modelType} model" +
+                (config.LayersToTransform is null ? "" : $" (layers_to_transform [{string.Join(", ", config.LayersToTransform)}])") +
+                $". Its linear modules are: {string.Join(", ", names)}.");
+        }
+        return selected;
+    }
+
+    /// <summary>Wraps the targets of <paramref name="config"/> and freezes the rest (get_peft_model).</summary>
+    public static LoraModel Apply(CausalLm model, LoraConfig config, string adapterName = "default")
+    {
+        var linears = LinearModules(model);
+        var targets = SelectTargets(linears.Select(l => l.Path), config, model.Config.ModelType);
+        var byPath = linears.ToDictionary(l => l.Path, l => l.Linear);
+        if (!config.FanInFanOut && targets.Any(t => byPath[t].FanInFanOut))
+        {
+            Console.Error.WriteLine("fan_in_fan_out is set to False but the target module is `Conv1D`. Setting fan_in_fan_out to True.");
+            config = config with { FanInFanOut = true };
+        }
+        foreach (var p in model.parameters()) p.requires_grad = false;
+        var layers = new Dictionary<string, LoraLinear>();
+        foreach (var path in targets)
+        {
+            var original = (nn.Module<Tensor, Tensor>)ModuleSurgery.Get(model, path);
+            var wrapper = new LoraLinear(original);
+            ModuleSurgery.Replace(model, path, wrapper);
+            wrapper.AddAdapter(adapterName, config);
+            layers[path] = wrapper;
+        }
+        var lm = new LoraModel(model, layers, adapterName);
+        lm._configs[adapterName] = config;
+        lm.SetTrainable(adapterName);
+        return lm;
+    }
+
+    /// <summary>Adds another adapter on the same targets (not active until <see cref="SetAdapter"/>).</summary>
+    public void AddAdapter(string name, LoraConfig config)
+    {
+        if (_configs.ContainsKey(name)) throw new ArgumentException($"Adapter '{name}' already exists.");
+        config = config with { FanInFanOut = config.FanInFanOut || Layers.Values.Any(l => l.FanInFanOut) };
+        foreach (var l in Layers.Values) { var active = l.ActiveAdapter; l.AddAdapter(name, config); l.ActiveAdapter = active; }
+        _configs[name] = config;
+        SetTrainable(ActiveAdapter);
+    }
+
+    /// <summary>Makes <paramref name="name"/> the adapter used in forward and the trainable one.</summary>
+    public void SetAdapter(string name)
+    {
+        if (!_configs.ContainsKey(name)) throw new KeyNotFoundException($"No adapter '{name}'; adapters: {string.Join(", ", _configs.Keys)}.");
+        foreach (var l in Layers.Values) l.ActiveAdapter = name;
+        ActiveAdapter = name;
+        SetTrainable(name);
+    }
+
+    private void SetTrainable(string adapter)
+    {
+        var config = _configs[adapter];
+        foreach (var (name, p) in Model.named_parameters())
+        {
+            bool isLora = name.Contains(".lora_A.", StringComparison.Ordinal) || name.Contains(".lora_B.", StringComparison.Ordinal);
+            p.requires_grad = isLora
+                ? name.Contains($".lora_A.{adapter}.", StringComparison.Ordinal) || name.Contains($".lora_B.{adapter}.", StringComparison.Ordinal)
+                : false;
+        }
+        if (config.Bias == "all")
+            foreach (var (name, p) in Model.named_parameters()) { if (name.EndsWith("bias", StringComparison.Ordinal)) p.requires_grad = true; }
+        else if (config.Bias == "lora_only")
+            foreach (var l in Layers.Values) if (l.bias is { } b) b.requires_grad = true;
+        var saved = new List<string>();
+        if (config.ModulesToSave is { Count: > 0 } mts)
+            foreach (var (path, m) in Model.named_modules())
+                if (path.Length > 0 && mts.Any(t => LoraConfig.SuffixMatch(path, t)))
+                {
+                    saved.Add(path);
+                    foreach (var p in m.parameters()) p.requires_grad = true;
+                }
+        SavedModules = saved;
+    }
+
+    /// <summary>Distinct parameters (tied weights counted once) with their first name.</summary>
+    public static List<(string Name, Parameter P)> DistinctParameters(nn.Module model)
+    {
+        var seen = new HashSet<IntPtr>();
+        var list = new List<(string, Parameter)>();
+        foreach (var (n, p) in model.named_parameters()) if (seen.Add(p.Handle)) list.Add((n, p));
+        return list;
+    }
+
+    public List<(string Name, Parameter P)> TrainableParameters() => DistinctParameters(Model).Where(p => p.P.requires_grad).ToList();
+
+    /// <summary>(trainable, all) parameter counts as PEFT's get_nb_trainable_parameters.</summary>
+    public (long Trainable, long All) CountParameters()
+    {
+        var ps = DistinctParameters(Model);
+        return (ps.Where(p => p.P.requires_grad).Sum(p => p.P.numel()), ps.Sum(p => p.P.numel()));
+    }
+
+    /// <summary>PEFT's print_trainable_parameters line.</summary>
+    public string TrainableReport()
+    {
+        var (t, a) = CountParameters();
+        return FormatReport(t, a);
+    }
+
+    public static string FormatReport(long trainable, long all) =>
+        string.Create(CultureInfo.InvariantCulture, $"trainable params: {trainable:N0} || all params: {all:N0} || trainable%: {100.0 * trainable / all:F4}");
+
+    public void Merge() { foreach (var l in Layers.Values) l.Merge(ActiveAdapter); }
+    public void Unmerge() { foreach (var l in Layers.Values) l.Unmerge(); }
+
+    /// <summary>Runs the base model without adapters until the returned scope is disposed (PEFT's disable_adapter()).</summary>
+    public IDisposable DisableAdapters()
+    {
+        foreach (var l in Layers.Values) l.AdaptersDisabled = true;
+        return new Restore(() => { foreach (var l in Layers.Values) l.AdaptersDisabled = false; });
+    }
+
+    /// <summary>Merges the adapter into the base weights and puts the original linears back (PEFT's merge_and_unload).</summary>
+    public CausalLm MergeAndUnload()
+    {
+        foreach (var (path, l) in Layers)
+        {
+            l.Merge(ActiveAdapter);
+            ModuleSurgery.Replace(Model, path, l.BaseLayer);
+        }
+        return Model;
+    }
+
+    private sealed class Restore(Action a) : IDisposable { public void Dispose() => a(); }
+}

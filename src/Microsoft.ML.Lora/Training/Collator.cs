@@ -1,0 +1,66 @@
+using static TorchSharp.torch;
+
+namespace Microsoft.ML.Lora.Training;
+
+/// <summary>A padded batch: input ids, attention mask and labels, each [batch, time] int64.</summary>
+internal sealed record Batch(Tensor InputIds, Tensor AttentionMask, Tensor Labels, long Tokens) : IDisposable
+{
+    public void Dispose() { InputIds.Dispose(); AttentionMask.Dispose(); Labels.Dispose(); }
+}
+
+/// <summary>
+/// Builds causal-LM examples from (prompt, completion): ids = prompt + completion (+ EOS), labels = -100 on the prompt,
+/// right-padded to the longest example of the batch (pad label -100, attention mask 0).
+/// </summary>
+internal sealed class Collator(int padId, int? eosId, bool appendEos, bool trainOnPrompt, int maxLength, OverlengthPolicy overlength)
+{
+    public int Truncated { get; private set; }
+
+    public (int[] Ids, long[] Labels) Encode(TrainingExample e, int index)
+    {
+        if (e.Prompt.Count + e.Completion.Count == 0) throw new ArgumentException($"Training example {index} is empty.");
+        var ids = new List<int>(e.Prompt.Count + e.Completion.Count + 1);
+        ids.AddRange(e.Prompt);
+        ids.AddRange(e.Completion);
+        if (appendEos)
+            ids.Add(eosId ?? throw new InvalidOperationException("AppendEos is set but the model config has no eos_token_id."));
+        var labels = new long[ids.Count];
+        for (int i = 0; i < ids.Count; i++) labels[i] = !trainOnPrompt && i < e.Prompt.Count ? CausalLmLoss.IgnoreIndex : ids[i];
+        if (maxLength > 0 && ids.Count > maxLength)
+        {
+            if (overlength == OverlengthPolicy.Error)
+                throw new ArgumentException($"Training example {index} has {ids.Count} tokens; the limit is {maxLength} (model context). Shorten it or set Overlength = Truncate.");
+            Truncated++;
+            return (ids.Take(maxLength).ToArray(), labels.Take(maxLength).ToArray());
+        }
+        return (ids.ToArray(), labels);
+    }
+
+    public Batch Collate(IReadOnlyList<(int[] Ids, long[] Labels)> examples)
+    {
+        int b = examples.Count, t = examples.Max(x => x.Ids.Length);
+        var ids = new long[b * t]; var mask = new long[b * t]; var labels = new long[b * t];
+        long tokens = 0;
+        for (int i = 0; i < b; i++)
+        {
+            var (x, y) = examples[i];
+            for (int j = 0; j < t; j++)
+            {
+                bool real = j < x.Length;
+                ids[i * t + j] = real ? x[j] : padId;
+                mask[i * t + j] = real ? 1 : 0;
+                labels[i * t + j] = real ? y[j] : CausalLmLoss.IgnoreIndex;
+            }
+            tokens += x.Length;
+        }
+        return new Batch(tensor(ids, [b, t]), tensor(mask, [b, t]), tensor(labels, [b, t]), tokens);
+    }
+
+    /// <summary>Seeded permutation of 0..n-1 for an epoch (System.Random with seed + epoch: reproducible on resume).</summary>
+    public static int[] Order(int n, int seed, int epoch, bool shuffle)
+    {
+        var order = Enumerable.Range(0, n).ToArray();
+        if (shuffle) new Random(unchecked(seed * 7919 + epoch)).Shuffle(order);
+        return order;
+    }
+}

@@ -1,0 +1,223 @@
+using System.Diagnostics;
+using Microsoft.ML.Lora.Checkpoints;
+using Microsoft.ML.Lora.Peft;
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace Microsoft.ML.Lora.Training;
+
+/// <summary>
+/// Trains the active adapter of a <see cref="LoraModel"/> as transformers' Trainer does: causal-LM loss, AdamW,
+/// warmup + schedule, gradient accumulation, gradient clipping, checkpoints (checkpoint-N) and resume.
+/// </summary>
+internal sealed class LoraTrainer
+{
+    public const string OptimizerFile = "optimizer.pt";
+
+    private readonly LoraModel _model;
+    private readonly TrainingOptions _o;
+    private readonly List<Parameter> _params;
+    private readonly AdamW _optimizer;
+
+    public LoraTrainer(LoraModel model, TrainingOptions options)
+    {
+        options.Validate();
+        _model = model;
+        _o = options;
+        _params = model.TrainableParameters().Select(p => p.P).ToList();
+        if (_params.Count == 0) throw new InvalidOperationException("The model has no trainable parameters.");
+        _optimizer = optim.AdamW(_params, options.LearningRate, options.AdamBeta1, options.AdamBeta2, options.AdamEpsilon, options.WeightDecay);
+    }
+
+    public int GlobalStep { get; private set; }
+    public long MicroBatches { get; private set; }
+    public double CurrentLearningRate { get; private set; }
+    public List<double> Losses { get; } = [];
+
+    private void SetLr(double lr)
+    {
+        CurrentLearningRate = lr;
+        foreach (var g in _optimizer.ParamGroups) g.LearningRate = lr;
+    }
+
+    /// <summary>
+    /// One optimizer step over <paramref name="microBatches"/> (gradient accumulation): each micro-batch's summed token
+    /// loss is divided by the valid tokens of the whole step, as transformers does with num_items_in_batch.
+    /// Returns the step's loss (mean over its valid tokens). Throws when the loss is NaN or infinite.
+    /// </summary>
+    public double Step(IReadOnlyList<Batch> microBatches, double lr)
+    {
+        SetLr(lr);
+        double total = Backward(microBatches);
+        if (_o.MaxGradNorm > 0) nn.utils.clip_grad_norm_(_params, _o.MaxGradNorm);
+        _optimizer.step();
+        _optimizer.zero_grad();
+        GlobalStep++;
+        Losses.Add(total);
+        return total;
+    }
+
+    /// <summary>Forward and backward over the micro-batches, leaving the gradients on the trainable parameters; returns the loss.</summary>
+    public double Backward(IReadOnlyList<Batch> microBatches)
+    {
+        long valid = 0;
+        foreach (var b in microBatches) using (var l = b.Labels[.., 1..]) using (var ne = l.ne(CausalLmLoss.IgnoreIndex)) valid += ne.sum().item<long>();
+        if (valid == 0) throw new InvalidOperationException($"Step {GlobalStep + 1}: the batch has no label tokens (all -100); nothing to learn from.");
+        _model.Model.train();
+        manual_seed(_o.Seed + GlobalStep); // dropout masks depend only on the step, so a resumed run repeats them
+        double total = 0;
+        foreach (var b in microBatches)
+        {
+            using var scope = NewDisposeScope();
+            var logits = _model.Model.Forward(b.InputIds, b.AttentionMask);
+            var (sum, _) = CausalLmLoss.Sum(logits, b.Labels);
+            var loss = sum.div(valid);
+            double value = loss.item<float>();
+            if (!double.IsFinite(value))
+            {
+                _optimizer.zero_grad();
+                throw new TrainingDivergedException(GlobalStep + 1, value);
+            }
+            total += value;
+            loss.backward();
+        }
+        return total;
+    }
+
+    public void ZeroGrad() => _optimizer.zero_grad();
+
+    /// <summary>Mean loss over all label tokens of <paramref name="examples"/>.</summary>
+    public double Evaluate(IReadOnlyList<(int[] Ids, long[] Labels)> examples, Collator collator)
+    {
+        _model.Model.eval();
+        double sum = 0; long count = 0;
+        using (no_grad())
+            for (int i = 0; i < examples.Count; i += _o.BatchSize)
+            {
+                using var scope = NewDisposeScope();
+                using var b = collator.Collate(examples.Skip(i).Take(_o.BatchSize).ToList());
+                var (s, c) = CausalLmLoss.Sum(_model.Model.Forward(b.InputIds, b.AttentionMask), b.Labels);
+                sum += s.item<float>(); count += c;
+            }
+        _model.Model.train();
+        return count == 0 ? double.NaN : sum / count;
+    }
+
+    /// <summary>Runs training to the end (or to cancellation); resumes from <paramref name="resumeFrom"/> (a checkpoint-N folder) when given.</summary>
+    public TrainerState Train(IReadOnlyList<TrainingExample> train, IReadOnlyList<TrainingExample>? eval = null,
+        IProgress<TrainingProgress>? progress = null, CancellationToken cancellation = default, string? resumeFrom = null)
+    {
+        if (train.Count == 0) throw new ArgumentException("The training set is empty.", nameof(train));
+        var cfg = _model.Model.Config;
+        int maxLen = _o.MaxSequenceLength > 0 ? _o.MaxSequenceLength : cfg.MaxPositionEmbeddings;
+        if (cfg.MaxPositionEmbeddings > 0) maxLen = Math.Min(maxLen, cfg.MaxPositionEmbeddings);
+        var collator = new Collator(cfg.PadTokenId ?? cfg.EosTokenId ?? 0, cfg.EosTokenId, _o.AppendEos, _o.TrainOnPrompt, maxLen, _o.Overlength);
+        var encoded = train.Select((e, i) => collator.Encode(e, i)).ToList();
+        var evalEncoded = eval?.Select((e, i) => collator.Encode(e, i)).ToList();
+        if (evalEncoded is { Count: 0 }) throw new ArgumentException("The eval set is empty; pass null for no evaluation.", nameof(eval));
+        int batchesPerEpoch = (encoded.Count + _o.BatchSize - 1) / _o.BatchSize;
+        int totalSteps = _o.MaxSteps > 0 ? _o.MaxSteps : Math.Max(1, (int)Math.Ceiling(_o.NumEpochs * batchesPerEpoch / _o.GradientAccumulationSteps));
+        int warmup = LrSchedule.WarmupSteps(_o, totalSteps);
+
+        if (resumeFrom != null) Resume(resumeFrom, totalSteps);
+        int startStep = GlobalStep;
+        var sw = Stopwatch.StartNew();
+        long tokens = 0; double windowLoss = 0; int windowSteps = 0;
+        int truncatedBase = 0;
+        int[]? order = null; long orderEpoch = -1;
+        while (GlobalStep < totalSteps)
+        {
+            cancellation.ThrowIfCancellationRequested();
+            var micro = new List<Batch>();
+            try
+            {
+                for (int k = 0; k < _o.GradientAccumulationSteps; k++)
+                {
+                    long epoch = MicroBatches / batchesPerEpoch; int pos = (int)(MicroBatches % batchesPerEpoch);
+                    if (epoch != orderEpoch) { order = Collator.Order(encoded.Count, _o.Seed, (int)epoch, _o.Shuffle); orderEpoch = epoch; }
+                    var items = order!.Skip(pos * _o.BatchSize).Take(_o.BatchSize).Select(i => encoded[i]).ToList();
+                    micro.Add(collator.Collate(items));
+                    MicroBatches++;
+                }
+                double lr = _o.LearningRate * LrSchedule.Factor(_o.LrScheduler, GlobalStep, warmup, totalSteps);
+                windowLoss += Step(micro, lr); windowSteps++;
+                tokens += micro.Sum(b => b.Tokens);
+            }
+            finally { foreach (var b in micro) b.Dispose(); }
+
+            double? evalLoss = null;
+            if (evalEncoded != null && ((_o.EvalSteps > 0 && GlobalStep % _o.EvalSteps == 0) || GlobalStep == totalSteps))
+                evalLoss = Evaluate(evalEncoded, collator);
+            if (_o.SaveSteps > 0 && GlobalStep % _o.SaveSteps == 0)
+                SaveCheckpoint(Path.Combine(_o.OutputDir!, $"checkpoint-{GlobalStep}"), totalSteps, collator.Truncated + truncatedBase);
+            if (progress != null && (GlobalStep % Math.Max(1, _o.LoggingSteps) == 0 || GlobalStep == totalSteps || evalLoss != null))
+            {
+                var elapsed = sw.Elapsed;
+                int done = GlobalStep - startStep;
+                var eta = done > 0 ? TimeSpan.FromTicks(elapsed.Ticks / done * (totalSteps - GlobalStep)) : TimeSpan.Zero;
+                progress.Report(new TrainingProgress(GlobalStep, totalSteps, windowSteps > 0 ? windowLoss / windowSteps : double.NaN,
+                    CurrentLearningRate, tokens / Math.Max(1e-9, elapsed.TotalSeconds), elapsed, eta, evalLoss, collator.Truncated));
+                windowLoss = 0; windowSteps = 0;
+            }
+        }
+        return State(totalSteps, collator.Truncated);
+    }
+
+    private TrainerState State(int totalSteps, int truncated) => new()
+    {
+        GlobalStep = GlobalStep, MicroBatches = MicroBatches, TotalSteps = totalSteps, Seed = _o.Seed, Truncated = truncated, LossHistory = [.. Losses],
+    };
+
+    /// <summary>Writes adapter (PEFT format), optimizer state and trainer state into <paramref name="folder"/> atomically (temp folder + rename).</summary>
+    public void SaveCheckpoint(string folder, int totalSteps, int truncated = 0)
+    {
+        var full = Path.GetFullPath(folder);
+        var tmp = full + $".tmp-{Environment.ProcessId}";
+        if (Directory.Exists(tmp)) Directory.Delete(tmp, true);
+        Directory.CreateDirectory(tmp);
+        try
+        {
+            PeftAdapterIO.Save(_model, tmp);
+            _optimizer.save_state_dict(Path.Combine(tmp, OptimizerFile));
+            AtomicFile.WriteAllText(Path.Combine(tmp, TrainerState.FileName), State(totalSteps, truncated).ToJson());
+            if (Directory.Exists(full))
+            {
+                var old = full + $".old-{Environment.ProcessId}";
+                Directory.Move(full, old);
+                Directory.Move(tmp, full);
+                Directory.Delete(old, true);
+            }
+            else Directory.Move(tmp, full);
+        }
+        catch
+        {
+            if (Directory.Exists(tmp)) Directory.Delete(tmp, true);
+            throw;
+        }
+    }
+
+    /// <summary>Loads adapter weights, optimizer state and position from a checkpoint folder.</summary>
+    public void Resume(string folder, int? expectedTotalSteps = null)
+    {
+        var state = TrainerState.Read(folder);
+        if (expectedTotalSteps is int t && state.TotalSteps != t)
+            throw new InvalidOperationException($"Checkpoint '{folder}' was written for {state.TotalSteps} total steps; these options give {t}. Resume with the same options.");
+        if (state.Seed != _o.Seed) throw new InvalidOperationException($"Checkpoint '{folder}' used seed {state.Seed}; the options have {_o.Seed}.");
+        PeftAdapterIO.LoadWeights(_model, folder);
+        var opt = Path.Combine(folder, OptimizerFile);
+        if (!File.Exists(opt)) throw new FileNotFoundException($"Checkpoint '{folder}' has no {OptimizerFile}.", opt);
+        _optimizer.load_state_dict(opt);
+        GlobalStep = state.GlobalStep;
+        MicroBatches = state.MicroBatches;
+        Losses.Clear(); Losses.AddRange(state.LossHistory);
+    }
+}
+
+/// <summary>Thrown when the training loss becomes NaN or infinite.</summary>
+internal sealed class TrainingDivergedException(int step, double loss)
+    : InvalidOperationException($"Training stopped at step {step}: the loss is {loss}. Lower the learning rate, enable gradient clipping (MaxGradNorm) or check the data; the adapter and the last checkpoint were left unchanged.")
+{
+    public int Step { get; } = step;
+    public double Loss { get; } = loss;
+}

@@ -1,0 +1,26 @@
+using System.Text.Json;
+
+namespace Microsoft.ML.Lora.Training;
+
+/// <summary>Where a run stands; written as trainer_state.json into each checkpoint.</summary>
+internal sealed record TrainerState
+{
+    public int GlobalStep { get; init; }
+    /// <summary>Micro-batches consumed so far (epoch = this / batches per epoch; position = the remainder).</summary>
+    public long MicroBatches { get; init; }
+    public int TotalSteps { get; init; }
+    public int Seed { get; init; }
+    public int Truncated { get; init; }
+    public List<double> LossHistory { get; init; } = [];
+
+    public const string FileName = "trainer_state.json";
+
+    public string ToJson() => JsonSerializer.Serialize(this, new JsonSerializerOptions { WriteIndented = true });
+
+    public static TrainerState Read(string folder)
+    {
+        var path = Path.Combine(folder, FileName);
+        if (!File.Exists(path)) throw new FileNotFoundException($"'{folder}' is not a checkpoint: no {FileName}.", path);
+        return JsonSerializer.Deserialize<TrainerState>(File.ReadAllText(path)) ?? throw new InvalidDataException($"'{path}' is empty.");
+    }
+}

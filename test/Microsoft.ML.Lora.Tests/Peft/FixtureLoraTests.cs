@@ -1,0 +1,123 @@
+using System.Reflection;
+using System.Text.Json.Nodes;
+using Microsoft.ML.Lora.Checkpoints;
+using Microsoft.ML.Lora.Models;
+using Microsoft.ML.Lora.Peft;
+using Microsoft.ML.Lora.Training;
+using Xunit.Abstractions;
+using static TorchSharp.torch;
+
+namespace Microsoft.ML.Lora.Tests.Peft;
+
+/// <summary>LoRA on the real architectures against PEFT's fixtures (needs the models of branch 'models').</summary>
+[Collection("TorchGlobalRng")]
+public class FixtureLoraTests(ITestOutputHelper output)
+{
+    private static readonly MethodInfo? Loader = typeof(CausalLm).Assembly.GetType("Microsoft.ML.Lora.Models.ModelLoader")
+        ?.GetMethods(BindingFlags.Public | BindingFlags.Static).FirstOrDefault(m => m.Name == "Load" && m.GetParameters().FirstOrDefault()?.ParameterType == typeof(string));
+
+    private static CausalLm? LoadModel(string arch)
+    {
+        if (Loader is null) return null;
+        var args = Loader.GetParameters().Select((p, i) => i == 0 ? (object?)Fixtures.Model(arch) : p.DefaultValue).ToArray();
+        return (CausalLm)Loader.Invoke(null, args)!;
+    }
+
+    private static JsonNode Inputs(string arch) => JsonNode.Parse(File.ReadAllText(Path.Combine(Fixtures.Model(arch), "inputs.json")))!;
+
+    private static Tensor Ids(JsonNode inputs, string name)
+    {
+        var rows = inputs[name]!.AsArray();
+        var data = rows.SelectMany(r => r!.AsArray().Select(x => x!.GetValue<long>())).ToArray();
+        return tensor(data, [rows.Count, data.Length / rows.Count]);
+    }
+
+    private static LoraConfig PeftConfig => new() { R = 8, LoraAlpha = 16 };
+
+    [Theory]
+    [InlineData("bloom")]
+    [InlineData("gpt2")]
+    [InlineData("llama")]
+    [InlineData("qwen2")]
+    public void Trainable_report_and_adapter_keys_equal_peft(string arch)
+    {
+        using var scope = NewDisposeScope();
+        var model = LoadModel(arch);
+        if (model is null) { output.WriteLine("models not merged yet"); return; }
+        var lm = LoraModel.Apply(model, PeftConfig);
+        var t = JsonNode.Parse(File.ReadAllText(Path.Combine(Fixtures.Model(arch), "lora", "trainable.json")))!;
+        lm.TrainableReport().Should().Be(t["print_trainable_parameters"]!.GetValue<string>());
+        var peft = t["adapter_state_dict_keys_as_saved"]!.AsObject().ToDictionary(kv => kv.Key, kv => string.Join(",", kv.Value!.AsArray().Select(x => x!.GetValue<long>())));
+        PeftAdapterIO.StateDict(lm).ToDictionary(kv => kv.Key, kv => string.Join(",", kv.Value.shape)).Should().BeEquivalentTo(peft);
+    }
+
+    [Theory]
+    [InlineData("bloom", "labels_full")]
+    [InlineData("gpt2", "labels_full")]
+    [InlineData("llama", "labels_full")]
+    [InlineData("qwen2", "labels_full")]
+    [InlineData("gpt2", "labels_prompt_masked")]
+    [InlineData("llama", "labels_prompt_masked")]
+    public void Trained_peft_adapter_reproduces_adapted_and_merged_logits(string arch, string variant)
+    {
+        using var scope = NewDisposeScope();
+        var model = LoadModel(arch);
+        if (model is null) { output.WriteLine("models not merged yet"); return; }
+        model.eval();
+        var lm = PeftAdapterIO.Load(model, Path.Combine(Fixtures.Model(arch), "lora", variant, "adapter"));
+        var inputs = Inputs(arch);
+        var ids = Ids(inputs, "logits_input_ids");
+        var mask = Ids(inputs, "logits_attention_mask");
+        using var reference = SafeTensorsFile.Open(Path.Combine(Fixtures.Model(arch), "reference.safetensors"));
+        var valid = mask.unsqueeze(-1).to(ScalarType.Bool);
+        double MaxErr(Tensor a, Tensor b) => (a - b).abs().masked_fill(valid.logical_not(), 0).max().item<float>();
+        using (no_grad())
+        {
+            double adapted = MaxErr(model.Forward(ids, mask), reference.Load($"{variant}.logits_adapted"));
+            lm.Merge();
+            double merged = MaxErr(model.Forward(ids, mask), reference.Load($"{variant}.logits_merged"));
+            output.WriteLine($"{arch} {variant}: adapted max abs {adapted:E3}, merged max abs {merged:E3}");
+            adapted.Should().BeLessThanOrEqualTo(1e-4);
+            merged.Should().BeLessThanOrEqualTo(1e-4);
+        }
+    }
+
+    [Theory]
+    [InlineData("bloom", "labels_full")]
+    [InlineData("bloom", "labels_prompt_masked")]
+    [InlineData("gpt2", "labels_full")]
+    [InlineData("gpt2", "labels_prompt_masked")]
+    [InlineData("llama", "labels_full")]
+    [InlineData("llama", "labels_prompt_masked")]
+    [InlineData("qwen2", "labels_full")]
+    [InlineData("qwen2", "labels_prompt_masked")]
+    public void Five_adamw_steps_from_adapter_init_reproduce_peft_losses_and_step0_grads(string arch, string variant)
+    {
+        using var scope = NewDisposeScope();
+        var model = LoadModel(arch);
+        if (model is null) { output.WriteLine("models not merged yet"); return; }
+        var lm = PeftAdapterIO.Load(model, Path.Combine(Fixtures.Model(arch), "lora", "adapter_init"));
+        var inputs = Inputs(arch);
+        var labelsName = variant == "labels_full" ? "train_labels_full" : "train_labels_prompt_masked";
+        using var batch = new Batch(Ids(inputs, "train_input_ids"), Ids(inputs, "train_attention_mask"), Ids(inputs, labelsName), 0);
+        var trainer = new LoraTrainer(lm, new TrainingOptions { LearningRate = 1e-3, WeightDecay = 0, MaxGradNorm = 0, LrScheduler = LrSchedulerType.Constant, MaxSteps = 5 });
+
+        using var reference = SafeTensorsFile.Open(Path.Combine(Fixtures.Model(arch), "reference.safetensors"));
+        trainer.Backward([batch]);
+        double gradErr = 0;
+        foreach (var (path, l) in lm.Layers)
+            foreach (var (name, p) in new[] { ("lora_A", l.LoraA("default")), ("lora_B", l.LoraB("default")) })
+            {
+                var r = reference.Load($"{variant}.grad_step0.base_model.model.{path}.{name}.default.weight");
+                gradErr = Math.Max(gradErr, (p.grad! - r).abs().max().item<float>() / Math.Max(1e-12, r.abs().max().item<float>()));
+            }
+        trainer.ZeroGrad();
+
+        var expected = JsonNode.Parse(File.ReadAllText(Path.Combine(Fixtures.Model(arch), "lora", variant, "losses.json")))!["losses"]!.AsArray().Select(x => x!.GetValue<double>()).ToArray();
+        var losses = Enumerable.Range(0, 5).Select(_ => trainer.Step([batch], 1e-3)).ToArray();
+        double rel = losses.Zip(expected, (a, b) => Math.Abs(a - b) / Math.Abs(b)).Max();
+        output.WriteLine($"{arch} {variant}: losses [{string.Join(", ", losses.Select(x => x.ToString("F6")))}], max rel err {rel:E3}; step-0 grad max rel err {gradErr:E3}");
+        rel.Should().BeLessThanOrEqualTo(1e-4);
+        gradErr.Should().BeLessThanOrEqualTo(1e-3);
+    }
+}

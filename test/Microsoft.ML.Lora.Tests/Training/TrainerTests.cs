@@ -1,0 +1,133 @@
+using Microsoft.ML.Lora.Peft;
+using Microsoft.ML.Lora.Tests.Peft;
+using Microsoft.ML.Lora.Training;
+using static TorchSharp.torch;
+
+namespace Microsoft.ML.Lora.Tests.Training;
+
+[Collection("TorchGlobalRng")]
+public class TrainerTests
+{
+    private sealed class SyncProgress(Action<TrainingProgress> a) : IProgress<TrainingProgress> { public void Report(TrainingProgress p) => a(p); }
+
+    private static List<TrainingExample> Data(int n, int seed = 5)
+    {
+        var rng = new Random(seed);
+        return Enumerable.Range(0, n).Select(_ => new TrainingExample(
+            Enumerable.Range(0, rng.Next(2, 6)).Select(_ => rng.Next(3, 64)).ToArray(),
+            Enumerable.Range(0, rng.Next(3, 10)).Select(_ => rng.Next(3, 64)).ToArray())).ToList();
+    }
+
+    private static LoraModel NewModel(double dropout = 0.0) =>
+        LoraModel.Apply(new TinyLm(TinyLm.MakeConfig(), seed: 11), new LoraConfig { R = 4, LoraAlpha = 8, LoraDropout = dropout, TargetModules = [LoraConfig.AllLinear] });
+
+    private static TrainingOptions Options(string dir) => new()
+    {
+        LearningRate = 5e-3, BatchSize = 3, GradientAccumulationSteps = 2, MaxSteps = 10, WarmupSteps = 2, LrScheduler = LrSchedulerType.Cosine,
+        SaveSteps = 5, OutputDir = dir, Seed = 3, LoggingSteps = 1, WeightDecay = 0.01,
+    };
+
+    [Fact]
+    public void Loss_decreases_and_progress_reports_every_step()
+    {
+        using var scope = NewDisposeScope();
+        var lm = NewModel();
+        var reports = new List<TrainingProgress>();
+        var trainer = new LoraTrainer(lm, new TrainingOptions { LearningRate = 1e-2, BatchSize = 4, MaxSteps = 30, LoggingSteps = 10, LrScheduler = LrSchedulerType.Constant });
+        var data = Data(8);
+        trainer.Train(data, eval: data.Take(4).ToList(), progress: new SyncProgress(reports.Add));
+        reports.Select(r => r.Step).Should().Equal(10, 20, 30);
+        reports[^1].EvalLoss.Should().NotBeNull();
+        reports.Should().OnlyContain(r => r.TokensPerSecond > 0 && r.LearningRate == 1e-2 && r.TotalSteps == 30);
+        trainer.Losses[^1].Should().BeLessThan(trainer.Losses[0] - 0.5);
+    }
+
+    [Fact]
+    public void Resume_continues_the_same_loss_trajectory()
+    {
+        using var scope = NewDisposeScope();
+        var dirA = Path.Combine(Path.GetTempPath(), $"mllora-run-{Guid.NewGuid():N}");
+        var dirB = Path.Combine(Path.GetTempPath(), $"mllora-run-{Guid.NewGuid():N}");
+        try
+        {
+            var data = Data(10);
+            var a = NewModel(dropout: 0.1);
+            var ta = new LoraTrainer(a, Options(dirA));
+            ta.Train(data);
+            Directory.Exists(Path.Combine(dirA, "checkpoint-5")).Should().BeTrue();
+            Directory.Exists(Path.Combine(dirA, "checkpoint-10")).Should().BeTrue();
+
+            var b1 = NewModel(dropout: 0.1);
+            using var cts = new CancellationTokenSource();
+            var tb1 = new LoraTrainer(b1, Options(dirB));
+            var act = () => tb1.Train(data, progress: new SyncProgress(p => { if (p.Step == 5) cts.Cancel(); }), cancellation: cts.Token);
+            act.Should().Throw<OperationCanceledException>();
+            tb1.GlobalStep.Should().Be(5);
+
+            var b2 = NewModel(dropout: 0.1);
+            var tb2 = new LoraTrainer(b2, Options(dirB));
+            tb2.Train(data, resumeFrom: Path.Combine(dirB, "checkpoint-5"));
+            tb2.Losses.Should().HaveCount(10);
+            for (int i = 0; i < 10; i++) tb2.Losses[i].Should().BeApproximately(ta.Losses[i], 1e-6);
+            foreach (var (path, l) in a.Layers)
+            {
+                (b2.Layers[path].LoraA("default") - l.LoraA("default")).abs().max().item<float>().Should().Be(0f);
+                (b2.Layers[path].LoraB("default") - l.LoraB("default")).abs().max().item<float>().Should().Be(0f);
+            }
+            File.Exists(Path.Combine(dirB, "checkpoint-10", "adapter_model.safetensors")).Should().BeTrue();
+            File.Exists(Path.Combine(dirB, "checkpoint-10", "optimizer.pt")).Should().BeTrue();
+            TrainerState.Read(Path.Combine(dirB, "checkpoint-10")).MicroBatches.Should().Be(20);
+        }
+        finally
+        {
+            foreach (var d in new[] { dirA, dirB }) if (Directory.Exists(d)) Directory.Delete(d, true);
+        }
+    }
+
+    [Fact]
+    public void Accumulation_of_two_micro_batches_equals_one_double_batch()
+    {
+        using var scope = NewDisposeScope();
+        var data = Enumerable.Range(0, 4).Select(i => new TrainingExample([3 + i, 4 + i], [10 + i, 11 + i, 12 + i])).ToList();
+        var o = new TrainingOptions { LearningRate = 1e-2, MaxSteps = 4, Shuffle = false, LrScheduler = LrSchedulerType.Constant };
+        var t1 = new LoraTrainer(NewModel(), o with { BatchSize = 4 });
+        t1.Train(data);
+        var t2 = new LoraTrainer(NewModel(), o with { BatchSize = 2, GradientAccumulationSteps = 2 });
+        t2.Train(data);
+        for (int i = 0; i < 4; i++) t2.Losses[i].Should().BeApproximately(t1.Losses[i], 1e-5);
+    }
+
+    [Fact]
+    public void Bad_inputs_fail_with_clear_messages()
+    {
+        using var scope = NewDisposeScope();
+        var lm = NewModel();
+        var act = () => new LoraTrainer(lm, new TrainingOptions { MaxSteps = 1 }).Train([]);
+        act.Should().Throw<ArgumentException>().WithMessage("The training set is empty.*");
+        act = () => new LoraTrainer(lm, new TrainingOptions { MaxSteps = 1, Overlength = OverlengthPolicy.Error }).Train([new TrainingExample(Enumerable.Repeat(5, 60).ToArray(), [6, 7, 8, 9])]);
+        act.Should().Throw<ArgumentException>().WithMessage("Training example 0 has 65 tokens; the limit is 64*");
+        var trunc = new LoraTrainer(lm, new TrainingOptions { MaxSteps = 1 }).Train([new TrainingExample(Enumerable.Repeat(5, 60).ToArray(), [6, 7, 8, 9])]);
+        trunc.Truncated.Should().Be(1);
+
+        using (no_grad()) lm.Layers.Values.First().LoraA("default").fill_(float.NaN);
+        var before = lm.Layers.Values.Last().LoraA("default").clone();
+        act = () => new LoraTrainer(lm, new TrainingOptions { MaxSteps = 3 }).Train(Data(4));
+        act.Should().Throw<TrainingDivergedException>().WithMessage("Training stopped at step 1: the loss is NaN. Lower the learning rate*");
+        lm.Layers.Values.Last().LoraA("default").allclose(before, 0, 0).Should().BeTrue();
+    }
+
+    [Fact]
+    public void Memory_stays_flat_over_60_steps()
+    {
+        using var scope = NewDisposeScope();
+        var lm = NewModel();
+        var rss = new Dictionary<int, double>();
+        var trainer = new LoraTrainer(lm, new TrainingOptions { LearningRate = 1e-3, BatchSize = 4, MaxSteps = 60, LoggingSteps = 1 });
+        trainer.Train(Data(32), progress: new SyncProgress(p => { GC.Collect(); rss[p.Step] = RssMiB(); }));
+        double growth = (rss[60] - rss[10]) / rss[10];
+        growth.Should().BeLessThan(0.05, $"RSS went from {rss[10]:F1} MiB at step 10 to {rss[60]:F1} MiB at step 60");
+    }
+
+    private static double RssMiB() =>
+        long.Parse(File.ReadLines("/proc/self/status").First(l => l.StartsWith("VmRSS:")).Split(' ', StringSplitOptions.RemoveEmptyEntries)[1]) / 1024.0;
+}
