@@ -53,6 +53,9 @@ internal static class ModelLoader
 
     internal static Device ResolveDevice(string name)
     {
+        if (name.StartsWith("cuda", StringComparison.OrdinalIgnoreCase) && !cuda.is_available())
+            throw new InvalidOperationException(
+                $"Device '{name}' was requested but CUDA is not available (torch.cuda.is_available() is false): reference the TorchSharp-cuda-linux or TorchSharp-cuda-windows runtime package and check the NVIDIA driver, or load on 'cpu'.");
         Device device;
         try { device = torch.device(name); }
         catch (Exception e) { throw new ArgumentException($"'{name}' is not a device (use cpu, cuda or cuda:N).", e); }
