@@ -33,7 +33,7 @@ Directory.CreateDirectory(outputDirectory);
 bool tiny = baseModel is null;
 if (tiny)
 {
-    baseModel = Path.Combine(Path.GetTempPath(), "mllora-cache", "tiny-bloom-quote-tagger");
+    baseModel = Path.Combine(Path.GetTempPath(), "mllora-cache", "tiny-bloom-quote-tagger-v2");
     if (!File.Exists(Path.Combine(baseModel, "model.safetensors")))
     {
         TinyBaseModel.Create(baseModel, "bloom", hiddenSize: 128, layers: 2, heads: 4, seed: 0);
@@ -87,7 +87,7 @@ var options = new LoraCausalLmOptions
         ? new LoraAdapterOptions { Rank = 16, Alpha = 32, Dropout = 0f, TargetModules = ["all-linear"] }
         : new LoraAdapterOptions { Rank = 16, Alpha = 32, Dropout = 0.05f },
     Training = tiny
-        ? new LoraTrainingOptions { Epochs = 20, BatchSize = 8, LearningRate = 5e-3f, LoggingSteps = 1, WarmupRatio = 0.05 }
+        ? new LoraTrainingOptions { Epochs = 16, BatchSize = 8, LearningRate = 1e-2f, LoggingSteps = 1, WarmupRatio = 0.05 }
         : new LoraTrainingOptions { Epochs = 3, BatchSize = 4, LearningRate = 3e-4f, LoggingSteps = 1 },
     Generation = { MaxNewTokens = 24, BatchSize = 8 },
 };
