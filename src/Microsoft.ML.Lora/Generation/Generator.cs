@@ -49,6 +49,8 @@ internal sealed class Generator(CausalLm model)
         options ??= new GenerationOptions();
         var (ids, mask) = LeftPad(prompts, PadId(options), model.parameters().First().device);
         using var session = new GenerationSession(model, ids, mask, options);
+        ids.Dispose();
+        mask.Dispose();
         while (session.Step() is { } step)
             for (int r = 0; r < step.Length; r++) if (step[r] is int t) onToken?.Invoke(r, t);
         return session.Generated;
@@ -58,10 +60,11 @@ internal sealed class Generator(CausalLm model)
     public Tensor Generate(Tensor inputIds, Tensor? attentionMask, GenerationOptions? options = null)
     {
         options ??= new GenerationOptions();
+        using var scope = NewDisposeScope();
         attentionMask ??= ones_like(inputIds);
         using var session = new GenerationSession(model, inputIds.to_type(ScalarType.Int64), attentionMask.to_type(ScalarType.Int64), options);
         while (session.Step() is not null) { }
-        return session.Sequences.clone();
+        return session.Sequences.clone().MoveToOuterDisposeScope();
     }
 
     /// <summary>Streams the generated tokens of one prompt.</summary>
@@ -71,6 +74,8 @@ internal sealed class Generator(CausalLm model)
         options ??= new GenerationOptions();
         var (ids, mask) = LeftPad([prompt], PadId(options), model.parameters().First().device);
         using var session = new GenerationSession(model, ids, mask, options);
+        ids.Dispose();
+        mask.Dispose();
         while (true)
         {
             cancellationToken.ThrowIfCancellationRequested();

@@ -82,7 +82,7 @@ internal static class Rotary
         var inv = Enumerable.Range(0, dim / 2).Select(i => 1.0 / Math.Pow(c.RopeTheta, 2.0 * i / dim)).ToArray();
         var scaling = c.RopeScaling;
         string type = scaling?["rope_type"]?.GetValue<string>() ?? scaling?["type"]?.GetValue<string>() ?? "default";
-        double Get(string name, double fallback) => scaling?[name] is { } n ? n.GetValue<double>() : fallback;
+        double Get(string name, double fallback) => scaling?[name] is { } n ? double.Parse(n.ToJsonString(), System.Globalization.CultureInfo.InvariantCulture) : fallback;
         switch (type)
         {
             case "default":

@@ -137,12 +137,13 @@ internal static class ModelFactory
     public static CausalLm CreateRandom(ModelConfig config, long seed, ScalarType dtype = ScalarType.Float32, string device = "cpu")
     {
         var dev = ModelLoader.ResolveDevice(device);
-        torch.random.manual_seed(seed);
         var model = Create(config);
+        // A private generator: the global one is shared with anything else building modules concurrently.
+        using (var generator = new torch.Generator((ulong)seed))
         using (no_grad())
         {
             foreach (var (_, p) in model.named_parameters())
-                if (p.dim() >= 2) p.normal_(0, 0.02);
+                if (p.dim() >= 2) p.normal_(0, 0.02, generator);
         }
         model.to(dtype).to(dev);
         Freeze(model);

@@ -12,10 +12,11 @@ internal static class CausalLmLoss
     {
         using var scope = NewDisposeScope();
         long v = logits.shape[^1];
-        var shiftLogits = logits[.., ..^1, ..].reshape(-1, v).to(ScalarType.Float32);
-        var shiftLabels = labels[.., 1..].reshape(-1);
+        // As transformers: pad the labels on the right and shift them, instead of copying logits[:, :-1].
+        var flatLogits = logits.dtype == ScalarType.Float32 ? logits.reshape(-1, v) : logits.reshape(-1, v).to(ScalarType.Float32);
+        var shiftLabels = nn.functional.pad(labels, [0, 1], value: IgnoreIndex)[.., 1..].reshape(-1);
         long count = shiftLabels.ne(IgnoreIndex).sum().item<long>();
-        var sum = nn.functional.cross_entropy(shiftLogits, shiftLabels, ignore_index: IgnoreIndex, reduction: nn.Reduction.Sum);
+        var sum = nn.functional.cross_entropy(flatLogits, shiftLabels, ignore_index: IgnoreIndex, reduction: nn.Reduction.Sum);
         return (sum.MoveToOuterDisposeScope(), count);
     }
 

@@ -62,7 +62,8 @@ internal sealed class LoraTrainer
     public double Backward(IReadOnlyList<Batch> microBatches)
     {
         long valid = 0;
-        foreach (var b in microBatches) using (var l = b.Labels[.., 1..]) using (var ne = l.ne(CausalLmLoss.IgnoreIndex)) valid += ne.sum().item<long>();
+        using (NewDisposeScope())
+            foreach (var b in microBatches) valid += b.Labels[.., 1..].ne(CausalLmLoss.IgnoreIndex).sum().item<long>();
         if (valid == 0) throw new InvalidOperationException($"Step {GlobalStep + 1}: the batch has no label tokens (all -100); nothing to learn from.");
         _model.Model.train();
         manual_seed(_o.Seed + GlobalStep); // dropout masks depend only on the step, so a resumed run repeats them

@@ -103,6 +103,11 @@ public class ModelFixtureTests(ITestOutputHelper output)
         model.parameters().All(p => !p.requires_grad).Should().BeTrue();
     }
 
+    /// <summary>
+    /// bfloat16 load + forward against float32. The fixtures use initializer_range 0.3, so rounding the weights alone to
+    /// bfloat16 moves LLaMA's logits by 1.7% (Qwen2 1.2%); the bound is therefore 2e-2 on the error the bfloat16
+    /// computation adds over a float32 model holding the same rounded weights, and 3e-2 in total.
+    /// </summary>
     [Theory]
     [InlineData("bloom")]
     [InlineData("gpt2")]
@@ -112,16 +117,22 @@ public class ModelFixtureTests(ITestOutputHelper output)
     {
         using var scope = NewDisposeScope();
         using var f32 = ModelLoader.Load(Fixtures.Model(arch));
+        using var rounded = ModelLoader.Load(Fixtures.Model(arch));
         using var bf16 = ModelLoader.Load(Fixtures.Model(arch), new ModelLoadOptions { DType = ScalarType.BFloat16 });
         using var _ = no_grad();
+        foreach (var p in rounded.parameters()) p.copy_(p.to_type(ScalarType.BFloat16).to_type(ScalarType.Float32));
+        bf16.parameters().All(p => p.dtype == ScalarType.BFloat16).Should().BeTrue();
         var ids = Ref(arch, "logits_input_ids");
         var mask = Ref(arch, "logits_attention_mask");
         var a = f32.Forward(ids, mask);
+        var r = rounded.Forward(ids, mask);
         var b = bf16.Forward(ids, mask).to_type(ScalarType.Float32);
         b.isfinite().all().item<bool>().Should().BeTrue();
         var valid = mask.to_type(ScalarType.Bool).unsqueeze(-1).expand_as(a);
-        double rel = ((a - b).masked_select(valid).norm() / a.masked_select(valid).norm()).item<float>();
-        output.WriteLine($"{arch} bf16 relative error {rel:E3}");
-        rel.Should().BeLessThanOrEqualTo(2e-2);
+        double Rel(Tensor x, Tensor reference) => ((x - reference).masked_select(valid).norm() / reference.masked_select(valid).norm()).item<float>();
+        double total = Rel(b, a), compute = Rel(b, r);
+        output.WriteLine($"{arch} bf16 relative error vs float32 {total:E3}; vs float32 with bf16-rounded weights {compute:E3}");
+        compute.Should().BeLessThanOrEqualTo(2e-2);
+        total.Should().BeLessThanOrEqualTo(arch is "gpt2" or "bloom" ? 2e-2 : 3e-2);
     }
 }
