@@ -97,12 +97,12 @@ public sealed class EndToEndTests : IDisposable
         };
         var rows = Enumerable.Repeat(new Row { Prompt = "a ->: ", Completion = "xyz" }, 4).ToArray();
         var options = Options();
-        options.Training.MaxSteps = 20;
+        options.Training.MaxSteps = 40;
         options.Training.LoggingSteps = 1;
         options.Training.LrScheduler = Microsoft.ML.Lora.Training.LrSchedulerType.Constant;
         using var model = ml.Lora().CausalLm(options).Fit(ml.Data.LoadFromEnumerable(rows));
 
-        losses.Should().HaveCount(20);
+        losses.Should().HaveCount(40);
         losses[^1].Should().BeLessThan(losses[0] * 0.5);
         model.Transform(ml.Data.LoadFromEnumerable(rows)).GetColumn<string>("GeneratedText").First().Should().Be("xyz");
 
@@ -112,6 +112,61 @@ public sealed class EndToEndTests : IDisposable
         var config = File.ReadAllText(Path.Combine(folder, "adapter_config.json"));
         config.Should().Contain("\"peft_type\": \"LORA\"").And.Contain("\"r\": 4").And.Contain("query_key_value");
         File.Exists(Path.Combine(folder, "adapter_model.safetensors")).Should().BeTrue();
+    }
+
+    [Fact]
+    public void A_GPT2_base_trains_saves_and_loads_with_Conv1D_targets()
+    {
+        var folder = TinyBaseModel.Create(Path.Combine(_root, "tiny-gpt2"), "gpt2", hiddenSize: 32, layers: 2, heads: 4, seed: 4);
+        var ml = new MLContext(seed: 1);
+        var data = ml.Data.LoadFromEnumerable(Rows());
+        var options = Options();
+        options.BaseModelFolder = folder;
+        options.Training.MaxSteps = 3;
+        using var model = ml.Lora().CausalLm(options).Fit(data);
+        var generated = model.Transform(data).GetColumn<string>("GeneratedText").ToList();
+
+        string zip = Path.Combine(_root, "gpt2.zip");
+        ml.Model.Save(model, data.Schema, zip);
+        var ml2 = new MLContext(seed: 2);
+        var loaded = ml2.Model.Load(zip, out _);
+        try { loaded.Transform(ml2.Data.LoadFromEnumerable(Rows())).GetColumn<string>("GeneratedText").Should().Equal(generated); }
+        finally { ((IDisposable)loaded).Dispose(); }
+
+        using var archive = ZipFile.OpenRead(zip);
+        var config = new StreamReader(archive.Entries.Single(e => e.FullName.EndsWith("adapter_config.json", StringComparison.Ordinal)).Open()).ReadToEnd();
+        config.Should().Contain("\"fan_in_fan_out\": true").And.Contain("c_attn");
+    }
+
+    [Fact]
+    public void Options_map_onto_PEFT_and_trainer_settings()
+    {
+        var o = Options();
+        o.Lora.TargetModules = ["all-linear"];
+        o.Training.WarmupRatio = 0.1;
+        o.Training.GradientAccumulationSteps = 2;
+        var lora = TorchSharpTextGeneratorFactory.ToLoraConfig(o);
+        lora.R.Should().Be(4);
+        lora.LoraAlpha.Should().Be(8);
+        lora.Scaling.Should().Be(2);
+        lora.TargetModules.Should().Equal("all-linear");
+        lora.BaseModelNameOrPath.Should().Be(_base);
+        var t = TorchSharpTextGeneratorFactory.ToTrainingOptions(o, appendEos: true);
+        t.MaxSteps.Should().Be(6);
+        t.BatchSize.Should().Be(2);
+        t.GradientAccumulationSteps.Should().Be(2);
+        t.WarmupRatio.Should().Be(0.1);
+        t.Seed.Should().Be(5);
+        t.TrainOnPrompt.Should().BeFalse();
+        t.AppendEos.Should().BeTrue();
+        o.Training.MaxSteps = 0;
+        TorchSharpTextGeneratorFactory.ToTrainingOptions(o, appendEos: true).MaxSteps.Should().Be(-1);
+
+        o.DType = "bf16";
+        TorchSharpTextGeneratorFactory.LoadOptions(o).DType.Should().Be(TorchSharp.torch.ScalarType.BFloat16);
+        o.DType = "int8";
+        var act = () => TorchSharpTextGeneratorFactory.LoadOptions(o);
+        act.Should().Throw<ArgumentException>().WithMessage("*int8*");
     }
 
     [Fact]
