@@ -33,10 +33,10 @@ Directory.CreateDirectory(outputDirectory);
 bool tiny = baseModel is null;
 if (tiny)
 {
-    baseModel = Path.Combine(Path.GetTempPath(), "mllora-cache", "tiny-bloom-quote-tagger-v2");
+    baseModel = Path.Combine(Path.GetTempPath(), "mllora-cache", "tiny-bloom-256x4-v1");
     if (!File.Exists(Path.Combine(baseModel, "model.safetensors")))
     {
-        TinyBaseModel.Create(baseModel, "bloom", hiddenSize: 128, layers: 2, heads: 4, seed: 0);
+        TinyBaseModel.Create(baseModel, "bloom", hiddenSize: 256, layers: 4, heads: 8, seed: 0);
         Console.WriteLine($"created a tiny BLOOM (random weights, byte-level tokenizer) in {baseModel}");
     }
     Console.WriteLine("NOTE: the base model is a tiny, untrained BLOOM: the loss falls, but its tags are toys.");
@@ -87,7 +87,7 @@ var options = new LoraCausalLmOptions
         ? new LoraAdapterOptions { Rank = 16, Alpha = 32, Dropout = 0f, TargetModules = ["all-linear"] }
         : new LoraAdapterOptions { Rank = 16, Alpha = 32, Dropout = 0.05f },
     Training = tiny
-        ? new LoraTrainingOptions { Epochs = 16, BatchSize = 8, LearningRate = 1e-2f, LoggingSteps = 1, WarmupRatio = 0.05 }
+        ? new LoraTrainingOptions { Epochs = 40, BatchSize = 8, LearningRate = 5e-3f, LoggingSteps = 1, WarmupRatio = 0.05 }
         : new LoraTrainingOptions { Epochs = 3, BatchSize = 4, LearningRate = 3e-4f, LoggingSteps = 1 },
     Generation = { MaxNewTokens = 24, BatchSize = 8 },
 };
@@ -123,7 +123,12 @@ using (var engine = ml.Model.CreatePredictionEngine<QuoteInput, TaggedQuote>(mod
 
 string zip = Path.Combine(outputDirectory, "quote-tagger.zip");
 ml.Model.Save(model, data.Schema, zip);
-Console.WriteLine(FormattableString.Invariant($"saved {zip}: {new FileInfo(zip).Length / 1024.0:F1} KiB (LoRA adapter + options + base model reference; the base weights stay in {baseModel})"));
+long adapterBytes;
+using (var archive = System.IO.Compression.ZipFile.OpenRead(zip))
+    adapterBytes = archive.Entries.Where(e => e.FullName.EndsWith("adapter_model.safetensors", StringComparison.Ordinal)).Sum(e => e.Length);
+long baseBytes = Directory.EnumerateFiles(baseModel, "*.safetensors").Sum(f => new FileInfo(f).Length);
+Console.WriteLine(FormattableString.Invariant(
+    $"saved {zip}: {new FileInfo(zip).Length / 1024.0:F1} KiB (adapter_model.safetensors {adapterBytes / 1024.0:F1} KiB + options + base model reference; the {baseBytes / 1024.0 / 1024.0:F1} MiB of base weights stay in {baseModel})"));
 
 // Reload in a fresh context: same tags.
 var ml2 = new MLContext(seed: 1);
