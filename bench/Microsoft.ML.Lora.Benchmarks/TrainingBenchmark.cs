@@ -18,18 +18,18 @@ internal sealed class TrainingBenchmark : IBenchmark
 
     public void Run(string[] args)
     {
-        int steps = 500; string which = "both";
+        int steps = 500; string which = "both"; bool profile = args.Contains("--profile");
         for (int i = 0; i + 1 < args.Length; i++)
         {
             if (args[i] == "--steps") steps = int.Parse(args[i + 1], CultureInfo.InvariantCulture);
             if (args[i] == "--model") which = args[i + 1];
         }
         TorchSharp.torch.set_num_threads(2);
-        if (which is "both" or "tiny") RunOne("tiny", 256, 4, 4, steps, 1526, 0.81);
-        if (which is "both" or "gpt2-small") RunOne("gpt2-small", 768, 12, 12, steps, 227, 2.0);
+        if (which is "both" or "tiny") RunOne("tiny", 256, 4, 4, steps, 1526, 0.81, profile);
+        if (which is "both" or "gpt2-small") RunOne("gpt2-small", 768, 12, 12, steps, 227, 2.0, profile);
     }
 
-    private static void RunOne(string name, int hidden, int layers, int heads, int steps, double hfTokens, double hfGiB)
+    private static void RunOne(string name, int hidden, int layers, int heads, int steps, double hfTokens, double hfGiB, bool profile)
     {
         var config = ModelConfig.Parse(new JsonObject
         {
@@ -46,6 +46,7 @@ internal sealed class TrainingBenchmark : IBenchmark
             LearningRate = 2e-4, BatchSize = 4, MaxSteps = steps, LoggingSteps = Math.Max(1, steps / 10), AppendEos = false, TrainOnPrompt = true,
             LrScheduler = LrSchedulerType.Linear, WarmupRatio = 0.03,
         };
+        if (profile) { Profile(name, model); return; }
         double rss10 = double.NaN; TrainingProgress? last = null;
         var trainer = new LoraTrainer(lora, options);
         var progress = new Sync(p =>
@@ -60,6 +61,23 @@ internal sealed class TrainingBenchmark : IBenchmark
         Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
             $"[{name}] RESULT {steps} steps: {last!.TokensPerSecond:F0} tokens/s (HF+PEFT {hfTokens}, ratio {last.TokensPerSecond / hfTokens:F2}); peak RSS {peak:F2} GiB (HF+PEFT {hfGiB}, ratio {peak / hfGiB:F2}); RSS first report {rss10:F0} MiB -> end {rssEnd:F0} MiB ({100 * (rssEnd - rss10) / rss10:+0.0;-0.0}%)"));
         model.Dispose();
+    }
+
+    /// <summary>Seconds per batch of forward without grad, forward + loss, and forward + loss + backward.</summary>
+    private static void Profile(string name, CausalLm model)
+    {
+        using var ids = TorchSharp.torch.randint(0, 50257, [4, 128]);
+        double Time(Action a)
+        {
+            a();
+            var sw = System.Diagnostics.Stopwatch.StartNew();
+            for (int i = 0; i < 3; i++) a();
+            return sw.Elapsed.TotalSeconds / 3;
+        }
+        double fwd = Time(() => { using var s = TorchSharp.torch.NewDisposeScope(); using var g = TorchSharp.torch.no_grad(); model.Forward(ids); });
+        double fwdLoss = Time(() => { using var s = TorchSharp.torch.NewDisposeScope(); CausalLmLoss.Mean(model.Forward(ids), ids); });
+        double full = Time(() => { using var s = TorchSharp.torch.NewDisposeScope(); CausalLmLoss.Mean(model.Forward(ids), ids).backward(); });
+        Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"[{name}] profile s/batch: forward(no grad) {fwd:F3}, forward+loss {fwdLoss:F3}, forward+loss+backward {full:F3}"));
     }
 
     private sealed class Sync(Action<TrainingProgress> a) : IProgress<TrainingProgress> { public void Report(TrainingProgress p) => a(p); }

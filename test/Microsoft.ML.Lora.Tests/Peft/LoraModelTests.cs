@@ -166,4 +166,16 @@ public class LoraModelTests
         }
         finally { if (Directory.Exists(dir)) Directory.Delete(dir, true); }
     }
+
+    [Fact]
+    public void Modules_to_save_and_bias_all_are_trained_and_saved()
+    {
+        using var scope = NewDisposeScope();
+        var lm = LoraModel.Apply(new TinyLm(TinyLm.MakeConfig()), R8 with { ModulesToSave = ["lm_head"] });
+        lm.CountParameters().Trainable.Should().Be(2048 + 64 * 32);
+        PeftAdapterIO.StateDict(lm).Keys.Should().Contain("base_model.model.lm_head.weight").And.HaveCount(5);
+        var all = LoraModel.Apply(new TinyLm(TinyLm.MakeConfig()), R8 with { Bias = "all" });
+        // biases: per block c_attn 96 + c_proj 32 + c_fc 128 + c_proj 32, plus ln_f 32
+        all.CountParameters().Trainable.Should().Be(2048 + 2 * (96 + 32 + 128 + 32) + 32);
+    }
 }
