@@ -30,8 +30,11 @@ internal sealed class TorchSharpTextGeneratorFactory : ITextGeneratorFactory
             if (model.Config.EosTokenId is null && eos is not null)
                 train = train.Select(e => e with { Completion = [.. e.Completion, eos.Value] }).ToList();
 
-            var trainer = new LoraTrainer(lora, trainingOptions);
-            var state = trainer.Train(train, progress: new LogProgress(log));
+            var state = Run(lora, trainingOptions, train, log);
+            // LoraTrainer does not dispose its AdamW state (two tensors per trainable parameter); it is unreachable
+            // now, so collect it before generation needs the memory (device memory on CUDA).
+            GC.Collect();
+            GC.WaitForPendingFinalizers();
             model.eval();
             log(FormattableString.Invariant(
                 $"Training done: {state.GlobalStep} steps, first loss {state.LossHistory.FirstOrDefault():F4}, last loss {state.LossHistory.LastOrDefault():F4}") +
@@ -61,6 +64,9 @@ internal sealed class TorchSharpTextGeneratorFactory : ITextGeneratorFactory
             throw;
         }
     }
+
+    private static TrainerState Run(LoraModel lora, TrainingOptions options, List<TrainingExample> train, Action<string> log) =>
+        new LoraTrainer(lora, options).Train(train, progress: new LogProgress(log));
 
     internal static int[] PromptIds(IBackendTokenizer tokenizer, string prompt, ModelConfig config)
     {
