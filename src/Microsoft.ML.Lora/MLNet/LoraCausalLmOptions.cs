@@ -33,6 +33,12 @@ public sealed class LoraCausalLmOptions
     /// <summary>Seed of every random choice of training and sampling. Default 0.</summary>
     public int Seed { get; set; }
 
+    /// <summary>Device of the model: "cpu", "cuda" or "cuda:N". Default "cpu".</summary>
+    public string Device { get; set; } = "cpu";
+
+    /// <summary>Type of the base weights: "float32", "bfloat16" or "float16" (the adapter trains in the same type). Default "float32".</summary>
+    public string DType { get; set; } = "float32";
+
     /// <summary>Shape of the LoRA adapter. Default: <see cref="LoraAdapterOptions"/>'s defaults.</summary>
     public LoraAdapterOptions Lora { get; set; } = new();
 
@@ -49,6 +55,8 @@ public sealed class LoraCausalLmOptions
         CompletionColumnName = CompletionColumnName,
         OutputColumnName = OutputColumnName,
         Seed = Seed,
+        Device = Device,
+        DType = DType,
         Lora = Lora.Clone(),
         Training = Training.Clone(),
         Generation = Generation.Clone(),

@@ -12,6 +12,12 @@ public sealed class LoraGenerationOptions
     /// <summary>Nucleus sampling threshold, used when <see cref="Temperature"/> is above 0. Default 1 (off).</summary>
     public float TopP { get; set; } = 1f;
 
+    /// <summary>Keep the K most likely tokens when sampling; 0 is off. Default 0.</summary>
+    public int TopK { get; set; }
+
+    /// <summary>Hugging Face repetition penalty; 1 is off. Default 1.</summary>
+    public float RepetitionPenalty { get; set; } = 1f;
+
     /// <summary>Prompts generated together when a transformed data view is read. Default 8.</summary>
     public int BatchSize { get; set; } = 8;
 

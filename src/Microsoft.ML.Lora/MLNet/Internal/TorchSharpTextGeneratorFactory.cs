@@ -1,16 +1,128 @@
+using Microsoft.ML.Lora.Models;
+using Microsoft.ML.Lora.Peft;
+using Microsoft.ML.Lora.Training;
+using static TorchSharp.torch;
+
 namespace Microsoft.ML.Lora.MLNet;
 
 /// <summary>
-/// Placeholder for the TorchSharp backend: the LoRA model, trainer and generator (branches models, lora, tokenizers)
-/// plug in here by implementing <see cref="ITextGeneratorFactory"/> on top of them.
+/// The TorchSharp backend: loads the base model (<see cref="ModelLoader"/>) and its tokenizer from
+/// <see cref="LoraCausalLmOptions.BaseModelFolder"/>, injects LoRA (<see cref="LoraModel"/>), trains it with
+/// <see cref="LoraTrainer"/> and generates with <see cref="Generation.Generator"/>; adapters are saved and loaded in the PEFT format.
 /// </summary>
 internal sealed class TorchSharpTextGeneratorFactory : ITextGeneratorFactory
 {
-    public ITextGenerator Train(LoraCausalLmOptions options, IReadOnlyList<PromptCompletion> examples, Action<string> log) =>
-        throw NotYet();
+    public ITextGenerator Train(LoraCausalLmOptions options, IReadOnlyList<PromptCompletion> examples, Action<string> log)
+    {
+        var tokenizer = BackendTokenizer.Load(options.BaseModelFolder);
+        var model = ModelLoader.Load(options.BaseModelFolder, LoadOptions(options));
+        try
+        {
+            random.manual_seed(options.Seed); // LoRA A initialisation
+            var lora = LoraModel.Apply(model, ToLoraConfig(options));
+            log(lora.TrainableReport());
 
-    public ITextGenerator Load(LoraCausalLmOptions options, string adapterFolder) => throw NotYet();
+            var eos = model.Config.EosTokenId ?? tokenizer.EosId;
+            if (eos is null) log("The base model names no EOS token: completions are trained without one, generation stops at MaxNewTokens.");
+            var train = examples.Select(e => new TrainingExample(
+                PromptIds(tokenizer, e.Prompt, model.Config), tokenizer.Encode(e.Completion, addSpecialTokens: false))).ToList();
+            var trainingOptions = ToTrainingOptions(options, eos is not null);
+            if (model.Config.EosTokenId is null && eos is not null)
+                train = train.Select(e => e with { Completion = [.. e.Completion, eos.Value] }).ToList();
 
-    private static NotSupportedException NotYet() =>
-        new("The TorchSharp LoRA backend is not wired into the ML.NET layer yet.");
+            var state = Run(lora, trainingOptions, train, log);
+            // LoraTrainer does not dispose its AdamW state (two tensors per trainable parameter); it is unreachable
+            // now, so collect it before generation needs the memory (device memory on CUDA).
+            GC.Collect();
+            GC.WaitForPendingFinalizers();
+            model.eval();
+            log(FormattableString.Invariant(
+                $"Training done: {state.GlobalStep} steps, first loss {state.LossHistory.FirstOrDefault():F4}, last loss {state.LossHistory.LastOrDefault():F4}") +
+                (state.Truncated > 0 ? $", {state.Truncated} examples cut to the context length." : "."));
+            return new TorchSharpTextGenerator(lora, tokenizer, options);
+        }
+        catch
+        {
+            model.Dispose();
+            throw;
+        }
+    }
+
+    public ITextGenerator Load(LoraCausalLmOptions options, string adapterFolder)
+    {
+        var tokenizer = BackendTokenizer.Load(options.BaseModelFolder);
+        var model = ModelLoader.Load(options.BaseModelFolder, LoadOptions(options));
+        try
+        {
+            var lora = PeftAdapterIO.Load(model, adapterFolder);
+            model.eval();
+            return new TorchSharpTextGenerator(lora, tokenizer, options);
+        }
+        catch
+        {
+            model.Dispose();
+            throw;
+        }
+    }
+
+    private static TrainerState Run(LoraModel lora, TrainingOptions options, List<TrainingExample> train, Action<string> log) =>
+        new LoraTrainer(lora, options).Train(train, progress: new LogProgress(log));
+
+    internal static int[] PromptIds(IBackendTokenizer tokenizer, string prompt, ModelConfig config)
+    {
+        var ids = tokenizer.Encode(prompt, addSpecialTokens: true);
+        if (ids.Length > 0) return ids;
+        // An empty prompt still needs one token to condition on: BOS, else EOS (as GPT-2 starts documents).
+        var start = config.BosTokenId ?? config.EosTokenId ?? tokenizer.EosId ?? 0;
+        return [start];
+    }
+
+    internal static ModelLoadOptions LoadOptions(LoraCausalLmOptions o) => new()
+    {
+        Device = string.IsNullOrWhiteSpace(o.Device) ? "cpu" : o.Device,
+        DType = (o.DType ?? "float32").Trim().ToLowerInvariant() switch
+        {
+            "float32" or "fp32" or "float" or "" => ScalarType.Float32,
+            "bfloat16" or "bf16" => ScalarType.BFloat16,
+            "float16" or "fp16" or "half" => ScalarType.Float16,
+            var d => throw new ArgumentException($"LoraCausalLmOptions.DType '{d}' is not supported; use float32, bfloat16 or float16."),
+        },
+    };
+
+    internal static LoraConfig ToLoraConfig(LoraCausalLmOptions o) => new()
+    {
+        R = o.Lora.Rank,
+        LoraAlpha = o.Lora.Alpha,
+        LoraDropout = o.Lora.Dropout,
+        TargetModules = o.Lora.TargetModules is { Length: > 0 } t ? t : null,
+        BaseModelNameOrPath = o.BaseModelFolder,
+    };
+
+    internal static TrainingOptions ToTrainingOptions(LoraCausalLmOptions o, bool appendEos) => new()
+    {
+        LearningRate = o.Training.LearningRate,
+        BatchSize = o.Training.BatchSize,
+        GradientAccumulationSteps = o.Training.GradientAccumulationSteps,
+        NumEpochs = o.Training.Epochs,
+        MaxSteps = o.Training.MaxSteps > 0 ? o.Training.MaxSteps : -1,
+        LrScheduler = o.Training.LrScheduler,
+        WarmupRatio = o.Training.WarmupRatio,
+        WeightDecay = o.Training.WeightDecay,
+        MaxGradNorm = o.Training.MaxGradNorm,
+        MaxSequenceLength = o.Training.MaxSequenceLength,
+        LoggingSteps = Math.Max(1, o.Training.LoggingSteps),
+        Seed = o.Seed,
+        AppendEos = appendEos,
+    };
+
+    /// <summary>Reports on the training thread (System.Progress would post to the thread pool).</summary>
+    private sealed class LogProgress(Action<string> log) : IProgress<TrainingProgress>
+    {
+        public void Report(TrainingProgress p) => log(Format(p));
+    }
+
+    /// <summary>"step 10/120: loss 2.3456, learning rate 0.003, 1234 tokens/s, elapsed 12.3 s, eta 20.1 s" (invariant culture).</summary>
+    internal static string Format(TrainingProgress p) => FormattableString.Invariant(
+        $"step {p.Step}/{p.TotalSteps}: loss {p.Loss:F4}, learning rate {p.LearningRate:G4}, {p.TokensPerSecond:F0} tokens/s, elapsed {p.Elapsed.TotalSeconds:F1} s, eta {p.Eta.TotalSeconds:F1} s") +
+        (p.EvalLoss is double e ? FormattableString.Invariant($", eval loss {e:F4}") : "");
 }
