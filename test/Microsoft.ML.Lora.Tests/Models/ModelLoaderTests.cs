@@ -6,11 +6,10 @@ namespace Microsoft.ML.Lora.Tests.Models;
 
 public sealed class ModelLoaderTests : IDisposable
 {
-    private readonly string _dir = Path.Combine(Path.GetTempPath(), $"mllora-models-{Guid.NewGuid():N}");
+    private readonly TempFolder _temp = new();
+    private string _dir => _temp.Path;
 
-    public ModelLoaderTests() => Directory.CreateDirectory(_dir);
-
-    public void Dispose() => Directory.Delete(_dir, recursive: true);
+    public void Dispose() => _temp.Dispose();
 
     /// <summary>Copies a fixture's config.json and rewrites its weights through <paramref name="edit"/>.</summary>
     private string Edited(string arch, Action<Dictionary<string, Tensor>> edit)

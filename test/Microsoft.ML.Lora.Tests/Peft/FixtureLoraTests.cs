@@ -120,18 +120,15 @@ public class FixtureLoraTests(ITestOutputHelper output)
         using var scope = NewDisposeScope();
         var source = Path.Combine(Fixtures.Model(arch), "lora", "labels_full", "adapter");
         var lm = PeftAdapterIO.Load(LoadModel(arch), source);
-        var dir = Path.Combine(Path.GetTempPath(), $"mllora-{arch}-{Guid.NewGuid():N}");
-        try
-        {
-            PeftAdapterIO.Save(lm, dir);
-            using var ours = SafeTensorsFile.Open(Path.Combine(dir, "adapter_model.safetensors"));
-            using var peft = SafeTensorsFile.Open(Path.Combine(source, "adapter_model.safetensors"));
-            ours.Tensors.Select(t => t.Name).Should().BeEquivalentTo(peft.Tensors.Select(t => t.Name));
-            foreach (var t in peft.Tensors) ours.ReadBytes(t.Name).Should().Equal(peft.ReadBytes(t.Name), t.Name);
-            var cfg = PeftAdapterIO.ReadConfig(dir);
-            var peftCfg = PeftAdapterIO.ReadConfig(source);
-            cfg.Should().BeEquivalentTo(peftCfg with { InferenceMode = true });
-        }
-        finally { if (Directory.Exists(dir)) Directory.Delete(dir, true); }
+        using var temp = new TempFolder();
+        var dir = temp.Path;
+        PeftAdapterIO.Save(lm, dir);
+        using var ours = SafeTensorsFile.Open(Path.Combine(dir, "adapter_model.safetensors"));
+        using var peft = SafeTensorsFile.Open(Path.Combine(source, "adapter_model.safetensors"));
+        ours.Tensors.Select(t => t.Name).Should().BeEquivalentTo(peft.Tensors.Select(t => t.Name));
+        foreach (var t in peft.Tensors) ours.ReadBytes(t.Name).Should().Equal(peft.ReadBytes(t.Name), t.Name);
+        var cfg = PeftAdapterIO.ReadConfig(dir);
+        var peftCfg = PeftAdapterIO.ReadConfig(source);
+        cfg.Should().BeEquivalentTo(peftCfg with { InferenceMode = true });
     }
 }

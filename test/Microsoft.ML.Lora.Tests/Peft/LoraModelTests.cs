@@ -105,66 +105,60 @@ public class LoraModelTests
     public void Save_load_round_trip_with_peft_names_and_config()
     {
         using var scope = NewDisposeScope();
-        var dir = Path.Combine(Path.GetTempPath(), $"mllora-adapter-{Guid.NewGuid():N}");
-        try
+        using var temp = new TempFolder();
+        var dir = temp.Path;
+        var lm = LoraModel.Apply(new TinyLm(TinyLm.MakeConfig()), R8 with { InitLoraWeights = LoraInit.Random, BaseModelNameOrPath = "tiny" });
+        PeftAdapterIO.Save(lm, dir);
+        using (var f = Microsoft.ML.Lora.Checkpoints.SafeTensorsFile.Open(Path.Combine(dir, "adapter_model.safetensors")))
         {
-            var lm = LoraModel.Apply(new TinyLm(TinyLm.MakeConfig()), R8 with { InitLoraWeights = LoraInit.Random, BaseModelNameOrPath = "tiny" });
-            PeftAdapterIO.Save(lm, dir);
-            using (var f = Microsoft.ML.Lora.Checkpoints.SafeTensorsFile.Open(Path.Combine(dir, "adapter_model.safetensors")))
+            f.Tensors.Select(t => (t.Name, string.Join(",", t.Shape))).Should().BeEquivalentTo(new[]
             {
-                f.Tensors.Select(t => (t.Name, string.Join(",", t.Shape))).Should().BeEquivalentTo(new[]
-                {
-                    ("base_model.model.transformer.h.0.attn.c_attn.lora_A.weight", "8,32"), ("base_model.model.transformer.h.0.attn.c_attn.lora_B.weight", "96,8"),
-                    ("base_model.model.transformer.h.1.attn.c_attn.lora_A.weight", "8,32"), ("base_model.model.transformer.h.1.attn.c_attn.lora_B.weight", "96,8"),
-                });
-                f.Metadata.Should().Equal(new Dictionary<string, string> { ["format"] = "pt" });
-            }
-            var json = JsonNode.Parse(File.ReadAllText(Path.Combine(dir, "adapter_config.json")))!;
-            json["peft_type"]!.GetValue<string>().Should().Be("LORA");
-            json["task_type"]!.GetValue<string>().Should().Be("CAUSAL_LM");
-            json["r"]!.GetValue<int>().Should().Be(8);
-            json["lora_alpha"]!.GetValue<int>().Should().Be(16);
-            json["fan_in_fan_out"]!.GetValue<bool>().Should().BeTrue();
-            json["target_modules"]!.AsArray().Select(x => x!.GetValue<string>()).Should().Equal("c_attn");
-            json["base_model_name_or_path"]!.GetValue<string>().Should().Be("tiny");
-
-            var other = PeftAdapterIO.Load(new TinyLm(TinyLm.MakeConfig(), seed: 1), dir);
-            other.Config.R.Should().Be(8);
-            foreach (var (path, l) in lm.Layers)
-            {
-                other.Layers[path].LoraA("default").allclose(l.LoraA("default"), 0, 0).Should().BeTrue();
-                other.Layers[path].LoraB("default").allclose(l.LoraB("default"), 0, 0).Should().BeTrue();
-            }
+                ("base_model.model.transformer.h.0.attn.c_attn.lora_A.weight", "8,32"), ("base_model.model.transformer.h.0.attn.c_attn.lora_B.weight", "96,8"),
+                ("base_model.model.transformer.h.1.attn.c_attn.lora_A.weight", "8,32"), ("base_model.model.transformer.h.1.attn.c_attn.lora_B.weight", "96,8"),
+            });
+            f.Metadata.Should().Equal(new Dictionary<string, string> { ["format"] = "pt" });
         }
-        finally { if (Directory.Exists(dir)) Directory.Delete(dir, true); }
+        var json = JsonNode.Parse(File.ReadAllText(Path.Combine(dir, "adapter_config.json")))!;
+        json["peft_type"]!.GetValue<string>().Should().Be("LORA");
+        json["task_type"]!.GetValue<string>().Should().Be("CAUSAL_LM");
+        json["r"]!.GetValue<int>().Should().Be(8);
+        json["lora_alpha"]!.GetValue<int>().Should().Be(16);
+        json["fan_in_fan_out"]!.GetValue<bool>().Should().BeTrue();
+        json["target_modules"]!.AsArray().Select(x => x!.GetValue<string>()).Should().Equal("c_attn");
+        json["base_model_name_or_path"]!.GetValue<string>().Should().Be("tiny");
+
+        var other = PeftAdapterIO.Load(new TinyLm(TinyLm.MakeConfig(), seed: 1), dir);
+        other.Config.R.Should().Be(8);
+        foreach (var (path, l) in lm.Layers)
+        {
+            other.Layers[path].LoraA("default").allclose(l.LoraA("default"), 0, 0).Should().BeTrue();
+            other.Layers[path].LoraB("default").allclose(l.LoraB("default"), 0, 0).Should().BeTrue();
+        }
     }
 
     [Fact]
     public void Loading_wrong_rank_or_missing_keys_fails_clearly_and_failed_save_keeps_previous()
     {
         using var scope = NewDisposeScope();
-        var dir = Path.Combine(Path.GetTempPath(), $"mllora-adapter-{Guid.NewGuid():N}");
-        try
-        {
-            var lm = LoraModel.Apply(new TinyLm(TinyLm.MakeConfig()), R8 with { InitLoraWeights = LoraInit.Random });
-            PeftAdapterIO.Save(lm, dir);
-            var before = File.ReadAllBytes(Path.Combine(dir, "adapter_model.safetensors"));
+        using var temp = new TempFolder();
+        var dir = temp.Path;
+        var lm = LoraModel.Apply(new TinyLm(TinyLm.MakeConfig()), R8 with { InitLoraWeights = LoraInit.Random });
+        PeftAdapterIO.Save(lm, dir);
+        var before = File.ReadAllBytes(Path.Combine(dir, "adapter_model.safetensors"));
 
-            var r4 = LoraModel.Apply(new TinyLm(TinyLm.MakeConfig()), R8 with { R = 4 });
-            var act = () => PeftAdapterIO.LoadWeights(r4, dir);
-            act.Should().Throw<InvalidDataException>().WithMessage("*'base_model.model.transformer.h.0.attn.c_attn.lora_A.weight' has shape [8, 32], the model expects [4, 32]*");
-            var allLinear = LoraModel.Apply(new TinyLm(TinyLm.MakeConfig()), R8 with { TargetModules = ["c_attn", "c_fc"] });
-            act = () => PeftAdapterIO.LoadWeights(allLinear, dir);
-            act.Should().Throw<InvalidDataException>().WithMessage("*missing 4 key(s) (first: base_model.model.transformer.h.0.mlp.c_fc.lora_A.weight)*");
+        var r4 = LoraModel.Apply(new TinyLm(TinyLm.MakeConfig()), R8 with { R = 4 });
+        var act = () => PeftAdapterIO.LoadWeights(r4, dir);
+        act.Should().Throw<InvalidDataException>().WithMessage("*'base_model.model.transformer.h.0.attn.c_attn.lora_A.weight' has shape [8, 32], the model expects [4, 32]*");
+        var allLinear = LoraModel.Apply(new TinyLm(TinyLm.MakeConfig()), R8 with { TargetModules = ["c_attn", "c_fc"] });
+        act = () => PeftAdapterIO.LoadWeights(allLinear, dir);
+        act.Should().Throw<InvalidDataException>().WithMessage("*missing 4 key(s) (first: base_model.model.transformer.h.0.mlp.c_fc.lora_A.weight)*");
 
-            using (no_grad()) lm.Layers.Values.First().LoraA("default").add_(1);
-            PeftAdapterIO.BeforeCommit = _ => throw new IOException("disk full");
-            try { ((Action)(() => PeftAdapterIO.Save(lm, dir))).Should().Throw<IOException>(); }
-            finally { PeftAdapterIO.BeforeCommit = null; }
-            File.ReadAllBytes(Path.Combine(dir, "adapter_model.safetensors")).Should().Equal(before);
-            Directory.GetFiles(dir).Select(Path.GetFileName).Should().BeEquivalentTo("adapter_model.safetensors", "adapter_config.json");
-        }
-        finally { if (Directory.Exists(dir)) Directory.Delete(dir, true); }
+        using (no_grad()) lm.Layers.Values.First().LoraA("default").add_(1);
+        PeftAdapterIO.BeforeCommit = _ => throw new IOException("disk full");
+        try { ((Action)(() => PeftAdapterIO.Save(lm, dir))).Should().Throw<IOException>(); }
+        finally { PeftAdapterIO.BeforeCommit = null; }
+        File.ReadAllBytes(Path.Combine(dir, "adapter_model.safetensors")).Should().Equal(before);
+        Directory.GetFiles(dir).Select(Path.GetFileName).Should().BeEquivalentTo("adapter_model.safetensors", "adapter_config.json");
     }
 
     [Fact]

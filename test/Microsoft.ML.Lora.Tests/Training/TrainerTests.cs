@@ -46,42 +46,37 @@ public class TrainerTests
     public void Resume_continues_the_same_loss_trajectory()
     {
         using var scope = NewDisposeScope();
-        var dirA = Path.Combine(Path.GetTempPath(), $"mllora-run-{Guid.NewGuid():N}");
-        var dirB = Path.Combine(Path.GetTempPath(), $"mllora-run-{Guid.NewGuid():N}");
-        try
-        {
-            var data = Data(10);
-            var a = NewModel(dropout: 0.1);
-            var ta = new LoraTrainer(a, Options(dirA));
-            ta.Train(data);
-            Directory.Exists(Path.Combine(dirA, "checkpoint-5")).Should().BeTrue();
-            Directory.Exists(Path.Combine(dirA, "checkpoint-10")).Should().BeTrue();
+        using var tempA = new TempFolder();
+        var dirA = tempA.Path;
+        using var tempB = new TempFolder();
+        var dirB = tempB.Path;
+        var data = Data(10);
+        var a = NewModel(dropout: 0.1);
+        var ta = new LoraTrainer(a, Options(dirA));
+        ta.Train(data);
+        Directory.Exists(Path.Combine(dirA, "checkpoint-5")).Should().BeTrue();
+        Directory.Exists(Path.Combine(dirA, "checkpoint-10")).Should().BeTrue();
 
-            var b1 = NewModel(dropout: 0.1);
-            using var cts = new CancellationTokenSource();
-            var tb1 = new LoraTrainer(b1, Options(dirB));
-            var act = () => tb1.Train(data, progress: new SyncProgress(p => { if (p.Step == 5) cts.Cancel(); }), cancellation: cts.Token);
-            act.Should().Throw<OperationCanceledException>();
-            tb1.GlobalStep.Should().Be(5);
+        var b1 = NewModel(dropout: 0.1);
+        using var cts = new CancellationTokenSource();
+        var tb1 = new LoraTrainer(b1, Options(dirB));
+        var act = () => tb1.Train(data, progress: new SyncProgress(p => { if (p.Step == 5) cts.Cancel(); }), cancellation: cts.Token);
+        act.Should().Throw<OperationCanceledException>();
+        tb1.GlobalStep.Should().Be(5);
 
-            var b2 = NewModel(dropout: 0.1);
-            var tb2 = new LoraTrainer(b2, Options(dirB));
-            tb2.Train(data, resumeFrom: Path.Combine(dirB, "checkpoint-5"));
-            tb2.Losses.Should().HaveCount(10);
-            for (int i = 0; i < 10; i++) tb2.Losses[i].Should().BeApproximately(ta.Losses[i], 1e-6);
-            foreach (var (path, l) in a.Layers)
-            {
-                (b2.Layers[path].LoraA("default") - l.LoraA("default")).abs().max().item<float>().Should().Be(0f);
-                (b2.Layers[path].LoraB("default") - l.LoraB("default")).abs().max().item<float>().Should().Be(0f);
-            }
-            File.Exists(Path.Combine(dirB, "checkpoint-10", "adapter_model.safetensors")).Should().BeTrue();
-            File.Exists(Path.Combine(dirB, "checkpoint-10", "optimizer.pt")).Should().BeTrue();
-            TrainerState.Read(Path.Combine(dirB, "checkpoint-10")).MicroBatches.Should().Be(20);
-        }
-        finally
+        var b2 = NewModel(dropout: 0.1);
+        var tb2 = new LoraTrainer(b2, Options(dirB));
+        tb2.Train(data, resumeFrom: Path.Combine(dirB, "checkpoint-5"));
+        tb2.Losses.Should().HaveCount(10);
+        for (int i = 0; i < 10; i++) tb2.Losses[i].Should().BeApproximately(ta.Losses[i], 1e-6);
+        foreach (var (path, l) in a.Layers)
         {
-            foreach (var d in new[] { dirA, dirB }) if (Directory.Exists(d)) Directory.Delete(d, true);
+            (b2.Layers[path].LoraA("default") - l.LoraA("default")).abs().max().item<float>().Should().Be(0f);
+            (b2.Layers[path].LoraB("default") - l.LoraB("default")).abs().max().item<float>().Should().Be(0f);
         }
+        File.Exists(Path.Combine(dirB, "checkpoint-10", "adapter_model.safetensors")).Should().BeTrue();
+        File.Exists(Path.Combine(dirB, "checkpoint-10", "optimizer.pt")).Should().BeTrue();
+        TrainerState.Read(Path.Combine(dirB, "checkpoint-10")).MicroBatches.Should().Be(20);
     }
 
     [Fact]

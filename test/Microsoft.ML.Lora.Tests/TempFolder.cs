@@ -1,4 +1,4 @@
-namespace Microsoft.ML.Lora.Tests.Checkpoints;
+namespace Microsoft.ML.Lora.Tests;
 
 /// <summary>A fresh folder under the system temp folder, deleted on dispose.</summary>
 internal sealed class TempFolder : IDisposable
