@@ -54,7 +54,7 @@ internal sealed class TrainingBenchmark : IBenchmark
             last = p;
             if (p.Step <= 10 || double.IsNaN(rss10)) rss10 = PeakMemory.RssMiB();
             Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                $"[{name}] step {p.Step}/{p.TotalSteps} loss {p.Loss:F4} lr {p.LearningRate:E2} {p.TokensPerSecond:F0} tok/s elapsed {p.Elapsed:hh\\:mm\\:ss} eta {p.Eta:hh\\:mm\\:ss} rss {PeakMemory.RssMiB():F0} MiB"));
+                $"[{name}] step {p.Step}/{p.TotalSteps} loss {p.Loss:F4} lr {p.LearningRate:E2} {p.TokensPerSecond:F0} tok/s elapsed {p.Elapsed:hh\\:mm\\:ss} eta {p.Eta:hh\\:mm\\:ss} rss {PeakMemory.RssMiB():F0} MiB live tensors {TorchSharp.DisposeScopeManager.Statistics.ThreadTotalLiveCount} managed {GC.GetTotalMemory(false) / 1048576.0:F0} MiB"));
         });
         trainer.Train(data, progress: progress);
         double peak = PeakMemory.PeakRssGiB(), rssEnd = PeakMemory.RssMiB();

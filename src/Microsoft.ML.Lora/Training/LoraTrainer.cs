@@ -52,7 +52,7 @@ internal sealed class LoraTrainer
         double total = Backward(microBatches);
         if (_o.MaxGradNorm > 0) nn.utils.clip_grad_norm_(_params, _o.MaxGradNorm);
         _optimizer.step();
-        _optimizer.zero_grad();
+        ZeroGrad();
         GlobalStep++;
         Losses.Add(total);
         return total;
@@ -77,7 +77,7 @@ internal sealed class LoraTrainer
             double value = loss.item<float>();
             if (!double.IsFinite(value))
             {
-                _optimizer.zero_grad();
+                ZeroGrad();
                 throw new TrainingDivergedException(GlobalStep + 1, value);
             }
             total += value;
@@ -86,7 +86,19 @@ internal sealed class LoraTrainer
         return total;
     }
 
-    public void ZeroGrad() => _optimizer.zero_grad();
+    /// <summary>
+    /// Sets the gradients to none, as PyTorch's zero_grad does by default. TorchSharp's Optimizer.zero_grad leaves one
+    /// undisposed wrapper per parameter for the finalizer, so the old gradients outlive each step; reading
+    /// <c>p.grad</c> makes a new wrapper that is disposed here.
+    /// </summary>
+    public void ZeroGrad()
+    {
+        foreach (var p in _params)
+        {
+            using var g = p.grad;
+            if (g is not null) p.grad = null;
+        }
+    }
 
     /// <summary>Mean loss over all label tokens of <paramref name="examples"/>.</summary>
     public double Evaluate(IReadOnlyList<(int[] Ids, long[] Labels)> examples, Collator collator)
