@@ -21,8 +21,9 @@ internal sealed class LoraModel
     public string ActiveAdapter { get; private set; }
     public LoraConfig Config => _configs[ActiveAdapter];
     public IReadOnlyDictionary<string, LoraConfig> Configs => _configs;
-    /// <summary>Paths of modules_to_save modules.</summary>
-    public IReadOnlyList<string> SavedModules { get; private set; } = [];
+    /// <summary>modules_to_save wrappers by module path.</summary>
+    public IReadOnlyDictionary<string, ModulesToSaveWrapper> SavedModules => _saved;
+    private readonly Dictionary<string, ModulesToSaveWrapper> _saved = new();
 
     private LoraModel(CausalLm model, Dictionary<string, LoraLinear> layers, string adapter)
     {
@@ -81,6 +82,7 @@ internal sealed class LoraModel
         }
         var lm = new LoraModel(model, layers, adapterName);
         lm._configs[adapterName] = config;
+        lm.WrapModulesToSave(adapterName);
         lm.SetTrainable(adapterName);
         return lm;
     }
@@ -92,7 +94,30 @@ internal sealed class LoraModel
         config = config with { FanInFanOut = config.FanInFanOut || Layers.Values.Any(l => l.FanInFanOut) };
         foreach (var l in Layers.Values) { var active = l.ActiveAdapter; l.AddAdapter(name, config); l.ActiveAdapter = active; }
         _configs[name] = config;
+        WrapModulesToSave(name);
         SetTrainable(ActiveAdapter);
+    }
+
+    /// <summary>Wraps the modules matching the adapter's modules_to_save, or adds a copy to existing wrappers (PEFT's _set_trainable).</summary>
+    private void WrapModulesToSave(string adapter)
+    {
+        if (_configs[adapter].ModulesToSave is not { Count: > 0 } names) return;
+        var paths = Model.named_modules().Select(m => m.name)
+            .Where(p => p.Length > 0 && !p.Contains(".original_module", StringComparison.Ordinal) && !p.Contains(".modules_to_save.", StringComparison.Ordinal)
+                && names.Any(t => LoraConfig.SuffixMatch(p, t)))
+            .ToList();
+        if (paths.Count == 0)
+            throw new ArgumentException($"modules_to_save [{string.Join(", ", names)}] matches no module of the {Model.Config.ModelType} model" +
+                (Model.Config.TieWordEmbeddings ? " (a tied lm_head is the input embedding here, not a module of its own)." : "."));
+        foreach (var path in paths)
+        {
+            if (_saved.TryGetValue(path, out var existing)) { existing.Update(adapter); continue; }
+            if (ModuleSurgery.Get(Model, path) is not nn.Module<Tensor, Tensor> original)
+                throw new NotSupportedException($"modules_to_save: '{path}' is not a single-input module.");
+            var wrapper = new ModulesToSaveWrapper(original, adapter) { ActiveAdapter = ActiveAdapter };
+            ModuleSurgery.Replace(Model, path, wrapper);
+            _saved[path] = wrapper;
+        }
     }
 
     /// <summary>Makes <paramref name="name"/> the adapter used in forward and the trainable one.</summary>
@@ -100,6 +125,7 @@ internal sealed class LoraModel
     {
         if (!_configs.ContainsKey(name)) throw new KeyNotFoundException($"No adapter '{name}'; adapters: {string.Join(", ", _configs.Keys)}.");
         foreach (var l in Layers.Values) l.ActiveAdapter = name;
+        foreach (var w in _saved.Values) w.ActiveAdapter = name;
         ActiveAdapter = name;
         SetTrainable(name);
     }
@@ -118,15 +144,11 @@ internal sealed class LoraModel
             foreach (var (name, p) in Model.named_parameters()) { if (name.EndsWith("bias", StringComparison.Ordinal)) p.requires_grad = true; }
         else if (config.Bias == "lora_only")
             foreach (var l in Layers.Values) if (l.bias is { } b) b.requires_grad = true;
-        var saved = new List<string>();
-        if (config.ModulesToSave is { Count: > 0 } mts)
-            foreach (var (path, m) in Model.named_modules())
-                if (path.Length > 0 && mts.Any(t => LoraConfig.SuffixMatch(path, t)))
-                {
-                    saved.Add(path);
-                    foreach (var p in m.parameters()) p.requires_grad = true;
-                }
-        SavedModules = saved;
+        foreach (var w in _saved.Values)
+        {
+            foreach (var p in w.parameters()) p.requires_grad = false;
+            if (w.Has(adapter)) foreach (var p in w.Copy(adapter).parameters()) p.requires_grad = true;
+        }
     }
 
     /// <summary>Distinct parameters (tied weights counted once) with their first name.</summary>
@@ -164,7 +186,12 @@ internal sealed class LoraModel
     public IDisposable DisableAdapters()
     {
         foreach (var l in Layers.Values) l.AdaptersDisabled = true;
-        return new Restore(() => { foreach (var l in Layers.Values) l.AdaptersDisabled = false; });
+        foreach (var w in _saved.Values) w.AdaptersDisabled = true;
+        return new Restore(() =>
+        {
+            foreach (var l in Layers.Values) l.AdaptersDisabled = false;
+            foreach (var w in _saved.Values) w.AdaptersDisabled = false;
+        });
     }
 
     /// <summary>Merges the adapter into the base weights and puts the original linears back (PEFT's merge_and_unload).</summary>
@@ -175,6 +202,8 @@ internal sealed class LoraModel
             l.Merge(ActiveAdapter);
             ModuleSurgery.Replace(Model, path, l.BaseLayer);
         }
+        foreach (var (path, w) in _saved)
+            ModuleSurgery.Replace(Model, path, w.Has(ActiveAdapter) ? w.Copy(ActiveAdapter) : w.OriginalModule);
         return Model;
     }
 

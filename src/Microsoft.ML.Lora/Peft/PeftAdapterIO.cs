@@ -29,10 +29,13 @@ internal static class PeftAdapterIO
         }
         if (config.Bias == "all")
             foreach (var (n, p) in LoraModel.DistinctParameters(model.Model))
-                if (n.EndsWith("bias", StringComparison.Ordinal)) dict[Prefix + n] = p;
-        foreach (var path in model.SavedModules)
-            foreach (var (n, p) in ModuleSurgery.Get(model.Model, path).named_parameters())
-                dict[$"{Prefix}{path}.{n}"] = p;
+                if (n.EndsWith("bias", StringComparison.Ordinal) && !n.Contains(".original_module.", StringComparison.Ordinal) && !n.Contains(".modules_to_save.", StringComparison.Ordinal))
+                    dict[Prefix + n] = p;
+        // The adapter's copy is saved under the wrapped module's own path (PEFT drops "modules_to_save.<adapter>").
+        foreach (var (path, w) in model.SavedModules)
+            if (w.Has(adapter))
+                foreach (var (n, p) in w.Copy(adapter).named_parameters())
+                    dict[$"{Prefix}{path}.{n}"] = p;
         return dict;
     }
 

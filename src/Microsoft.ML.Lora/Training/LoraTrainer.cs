@@ -27,7 +27,25 @@ internal sealed class LoraTrainer
         _o = options;
         _params = model.TrainableParameters().Select(p => p.P).ToList();
         if (_params.Count == 0) throw new InvalidOperationException("The model has no trainable parameters.");
-        _optimizer = optim.AdamW(_params, options.LearningRate, options.AdamBeta1, options.AdamBeta2, options.AdamEpsilon, options.WeightDecay);
+        var decay = DecayParameters(model.Model);
+        var groups = new[] { (Params: _params.Where(p => decay.Contains(p.Handle)).ToList(), Wd: options.WeightDecay), (Params: _params.Where(p => !decay.Contains(p.Handle)).ToList(), Wd: 0.0) }
+            .Where(g => g.Params.Count > 0) // an empty group would make single-group checkpoints unloadable
+            .Select(g => new AdamW.ParamGroup(g.Params, options.LearningRate, options.AdamBeta1, options.AdamBeta2, options.AdamEpsilon, g.Wd));
+        _optimizer = optim.AdamW(groups, options.LearningRate, options.AdamBeta1, options.AdamBeta2, options.AdamEpsilon, options.WeightDecay);
+    }
+
+    private static readonly System.Text.RegularExpressions.Regex NoDecayName = new(@"bias|layernorm|rmsnorm|(?:^|\.)norm(?:$|\.)|_norm(?:$|\.)");
+
+    /// <summary>
+    /// Handles of the parameters that get weight decay, as transformers' Trainer.get_decay_parameter_names: all but
+    /// those of LayerNorm/RMSNorm modules and those whose lower-cased name matches bias or a norm pattern.
+    /// </summary>
+    internal static HashSet<IntPtr> DecayParameters(nn.Module model)
+    {
+        var norms = model.named_modules().Where(m => m.module is LayerNorm or Models.RmsNorm)
+            .SelectMany(m => m.module.parameters()).Select(p => p.Handle).ToHashSet();
+        return model.named_parameters().Where(p => !norms.Contains(p.parameter.Handle) && !NoDecayName.IsMatch(p.name.ToLowerInvariant()))
+            .Select(p => p.parameter.Handle).ToHashSet();
     }
 
     public int GlobalStep { get; private set; }

@@ -125,4 +125,36 @@ public class TrainerTests
 
     private static double RssMiB() =>
         long.Parse(File.ReadLines("/proc/self/status").First(l => l.StartsWith("VmRSS:")).Split(' ', StringSplitOptions.RemoveEmptyEntries)[1]) / 1024.0;
+
+    [Fact]
+    public void Weight_decay_skips_biases_and_norms_like_the_hf_trainer()
+    {
+        using var scope = NewDisposeScope();
+        using var temp = new TempFolder();
+        var lm = LoraModel.Apply(new TinyLm(TinyLm.MakeConfig(), seed: 11), new LoraConfig { R = 4, LoraAlpha = 8, Bias = "all", InitLoraWeights = LoraInit.Random });
+        var decay = LoraTrainer.DecayParameters(lm.Model);
+        var names = lm.Model.named_parameters().Where(p => decay.Contains(p.parameter.Handle)).Select(p => p.name).ToList();
+        names.Should().Contain("transformer.h.0.attn.c_attn.lora_A.default.weight").And.NotContain(n => n.EndsWith("bias") || n.Contains("ln_f"));
+
+        var options = new TrainingOptions { LearningRate = 0.01, WeightDecay = 0.1, MaxSteps = 1 };
+        var trainer = new LoraTrainer(lm, options);
+        var optimizer = (TorchSharp.Modules.AdamW)typeof(LoraTrainer).GetField("_optimizer", System.Reflection.BindingFlags.NonPublic | System.Reflection.BindingFlags.Instance)!.GetValue(trainer)!;
+        optimizer.ParamGroups.Count().Should().Be(2);
+        var loraA = lm.Layers["transformer.h.0.attn.c_attn"].LoraA("default");
+        var bias = lm.TrainableParameters().Single(p => p.Name == "transformer.h.0.attn.c_attn.base_layer.bias").P;
+        using (no_grad()) bias.fill_(0.5f); // nonzero, or decay would leave it unchanged too
+        using var a0 = loraA.detach().clone();
+        using var b0 = bias.detach().clone();
+        // A zero gradient leaves only AdamW's decoupled decay: p -= lr · wd · p (the Adam update is 0 / eps = 0).
+        using (var zero = lm.TrainableParameters().Select(p => p.P.sum()).Aggregate((x, y) => x + y).mul(0)) zero.backward();
+        optimizer.step();
+        loraA.allclose(a0.mul(1 - 0.01 * 0.1), 0, 0).Should().BeTrue();
+        loraA.allclose(a0, 0, 0).Should().BeFalse();
+        bias.allclose(b0, 0, 0).Should().BeTrue();
+
+        trainer.SaveCheckpoint(temp.Path, totalSteps: 1);
+        var fresh = new LoraTrainer(LoraModel.Apply(new TinyLm(TinyLm.MakeConfig(), seed: 11), new LoraConfig { R = 4, LoraAlpha = 8, Bias = "all", InitLoraWeights = LoraInit.Random }), options);
+        fresh.Resume(temp.Path, expectedTotalSteps: 1);
+        fresh.GlobalStep.Should().Be(0);
+    }
 }
