@@ -139,6 +139,16 @@ public sealed class EndToEndTests : IDisposable
     }
 
     [Fact]
+    public void Token_ids_outside_the_vocabulary_are_refused()
+    {
+        var config = Microsoft.ML.Lora.Models.ModelConfig.Load(Path.Combine(_base, "config.json"));
+        var tokenizer = BackendTokenizer.Load(_base);
+        var act = () => TorchSharpTextGeneratorFactory.PromptIds(tokenizer, new[] { 5, TinyBaseModel.VocabSize }, config);
+        act.Should().Throw<ArgumentOutOfRangeException>().WithMessage($"Token id {TinyBaseModel.VocabSize} is outside the vocabulary*0 to {TinyBaseModel.VocabSize - 1}*");
+        TorchSharpTextGeneratorFactory.PromptIds(tokenizer, Array.Empty<int>(), config).Should().Equal(TinyBaseModel.VocabSize - 1);
+    }
+
+    [Fact]
     public void Training_lowers_the_loss_and_the_adapter_is_PEFT()
     {
         var ml = new MLContext(seed: 1);

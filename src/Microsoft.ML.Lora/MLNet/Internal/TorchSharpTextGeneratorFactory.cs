@@ -26,7 +26,7 @@ internal sealed class TorchSharpTextGeneratorFactory : ITextGeneratorFactory
             if (eos is null) log("The base model names no EOS token: completions are trained without one, generation stops at MaxNewTokens.");
             var train = examples.Select(e => new TrainingExample(
                 e.PromptIds is { } p ? PromptIds(tokenizer, p, model.Config) : PromptIds(tokenizer, e.Prompt, model.Config),
-                e.CompletionIds ?? tokenizer.Encode(e.Completion, addSpecialTokens: false))).ToList();
+                e.CompletionIds is { } c ? CheckIds(c, model.Config) : tokenizer.Encode(e.Completion, addSpecialTokens: false))).ToList();
             var trainingOptions = ToTrainingOptions(options, eos is not null);
             if (model.Config.EosTokenId is null && eos is not null)
                 train = train.Select(e => e with { Completion = [.. e.Completion, eos.Value] }).ToList();
@@ -75,10 +75,20 @@ internal sealed class TorchSharpTextGeneratorFactory : ITextGeneratorFactory
     /// <summary><paramref name="ids"/>, or the start token when there are none.</summary>
     internal static int[] PromptIds(IBackendTokenizer tokenizer, int[] ids, ModelConfig config)
     {
+        CheckIds(ids, config);
         if (ids.Length > 0) return ids;
         // An empty prompt still needs one token to condition on: BOS, else EOS (as GPT-2 starts documents).
         var start = config.BosTokenId ?? config.EosTokenId ?? tokenizer.EosId ?? 0;
         return [start];
+    }
+
+    /// <summary>Throws when a token id (from a token column) is outside the model's vocabulary.</summary>
+    internal static int[] CheckIds(int[] ids, ModelConfig config)
+    {
+        foreach (int id in ids)
+            if (id < 0 || id >= config.VocabSize)
+                throw new ArgumentOutOfRangeException(nameof(ids), $"Token id {id} is outside the vocabulary of the base model (0 to {config.VocabSize - 1}); tokenize with the base model's tokenizer.");
+        return ids;
     }
 
     internal static ModelLoadOptions LoadOptions(LoraCausalLmOptions o) => new()
