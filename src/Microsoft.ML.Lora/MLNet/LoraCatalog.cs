@@ -34,6 +34,22 @@ public sealed class LoraCatalog
             Seed = seed,
         });
 
+    /// <summary>
+    /// Tokenizes the text column <paramref name="inputColumnName"/> with the tokenizer of the base model in
+    /// <paramref name="baseModelFolder"/> into <paramref name="outputColumnName"/>, a variable-length vector of Int32
+    /// token ids, for <see cref="LoraCausalLmOptions.PromptTokensColumnName"/> and
+    /// <see cref="LoraCausalLmOptions.CompletionTokensColumnName"/>. Saved with the model as a reference to the folder.
+    /// </summary>
+    /// <param name="baseModelFolder">Folder of the Hugging Face base model (tokenizer.json or vocab.json + merges.txt, config.json).</param>
+    /// <param name="outputColumnName">Column added with the token ids.</param>
+    /// <param name="inputColumnName">Scalar text column to tokenize. </param>
+    /// <param name="addSpecialTokens">
+    /// Add what the tokenizer's post-processor adds (e.g. Llama's BOS), as the trainer does for text prompts: true for
+    /// prompts, false for completions. Default true.
+    /// </param>
+    public LoraTokenizeEstimator Tokenize(string baseModelFolder, string outputColumnName, string inputColumnName, bool addSpecialTokens = true)
+        => new(_env, baseModelFolder, outputColumnName, inputColumnName, addSpecialTokens);
+
     /// <summary>A trainer with the given backend; the seam where tests and other backends plug in.</summary>
     internal LoraCausalLmTrainer CausalLm(LoraCausalLmOptions options, ITextGeneratorFactory factory) => new(_env, options, factory);
 }

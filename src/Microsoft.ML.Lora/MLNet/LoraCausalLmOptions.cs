@@ -21,11 +21,53 @@ public sealed class LoraCausalLmOptions
     /// </summary>
     public string BaseModelFolder { get; set; } = "";
 
-    /// <summary>Text column with the prompt, read when training and when generating. Default "Prompt".</summary>
-    public string PromptColumnName { get; set; } = DefaultPromptColumnName;
+    private string? _promptColumnName;
+    private string? _completionColumnName;
 
-    /// <summary>Text column with the expected completion of the prompt, read only when training. Default "Completion".</summary>
-    public string CompletionColumnName { get; set; } = DefaultCompletionColumnName;
+    /// <summary>
+    /// Text column with the prompt, read when training and when generating. Default "Prompt", or null when
+    /// <see cref="PromptTokensColumnName"/> is set. Setting both is an error.
+    /// </summary>
+    public string? PromptColumnName
+    {
+        get => _promptColumnName ?? (string.IsNullOrEmpty(PromptTokensColumnName) ? DefaultPromptColumnName : null);
+        set => _promptColumnName = value;
+    }
+
+    /// <summary>
+    /// Text column with the expected completion of the prompt, read only when training. Default "Completion", or null
+    /// when <see cref="CompletionTokensColumnName"/> is set. Setting both is an error.
+    /// </summary>
+    public string? CompletionColumnName
+    {
+        get => _completionColumnName ?? (string.IsNullOrEmpty(CompletionTokensColumnName) ? DefaultCompletionColumnName : null);
+        set => _completionColumnName = value;
+    }
+
+    /// <summary>
+    /// Instead of <see cref="PromptColumnName"/>: a column of token ids of the prompt (vector of Int32, as made by
+    /// <c>mlContext.Lora().Tokenize(BaseModelFolder, ..., addSpecialTokens: true)</c> with the base model's tokenizer),
+    /// read when training and when generating. The ids are used as they are: they must include what the tokenizer adds
+    /// in front (e.g. Llama's BOS) for the same result as the text column. Default null (the text column is read).
+    /// </summary>
+    public string? PromptTokensColumnName { get; set; }
+
+    /// <summary>
+    /// Instead of <see cref="CompletionColumnName"/>: a column of token ids of the completion (vector of Int32, as made
+    /// by <c>mlContext.Lora().Tokenize(BaseModelFolder, ..., addSpecialTokens: false)</c>), read only when training;
+    /// EOS is appended as for text. Default null (the text column is read).
+    /// </summary>
+    public string? CompletionTokensColumnName { get; set; }
+
+    internal bool PromptIsTokens => !string.IsNullOrEmpty(PromptTokensColumnName);
+
+    internal bool CompletionIsTokens => !string.IsNullOrEmpty(CompletionTokensColumnName);
+
+    /// <summary>The prompt column read, text or tokens.</summary>
+    internal string PromptColumn => PromptIsTokens ? PromptTokensColumnName! : PromptColumnName!;
+
+    /// <summary>The completion column read, text or tokens.</summary>
+    internal string CompletionColumn => CompletionIsTokens ? CompletionTokensColumnName! : CompletionColumnName!;
 
     /// <summary>Text column that the trained transformer adds with the generated completion. Default "GeneratedText".</summary>
     public string OutputColumnName { get; set; } = DefaultOutputColumnName;
@@ -51,8 +93,10 @@ public sealed class LoraCausalLmOptions
     internal LoraCausalLmOptions Clone() => new()
     {
         BaseModelFolder = BaseModelFolder,
-        PromptColumnName = PromptColumnName,
-        CompletionColumnName = CompletionColumnName,
+        _promptColumnName = _promptColumnName,
+        _completionColumnName = _completionColumnName,
+        PromptTokensColumnName = PromptTokensColumnName,
+        CompletionTokensColumnName = CompletionTokensColumnName,
         OutputColumnName = OutputColumnName,
         Seed = Seed,
         Device = Device,

@@ -5,7 +5,8 @@ using Microsoft.ML.Runtime;
 namespace Microsoft.ML.Lora;
 
 /// <summary>
-/// Fine-tunes a LoRA adapter of a Hugging Face causal language model on the prompt and completion text columns;
+/// Fine-tunes a LoRA adapter of a Hugging Face causal language model on the prompt and completion columns (text, or
+/// token ids made with <c>mlContext.Lora().Tokenize</c>);
 /// <see cref="Fit"/> returns a <see cref="LoraCausalLmTransformer"/> that generates completions.
 /// Create it with <c>mlContext.Lora().CausalLm(...)</c>.
 /// </summary>
@@ -26,14 +27,14 @@ public sealed class LoraCausalLmTrainer : IEstimator<LoraCausalLmTransformer>
     }
 
     /// <summary>
-    /// Checks that <paramref name="inputSchema"/> has the prompt and completion text columns and returns it with the
-    /// generated text column added.
+    /// Checks that <paramref name="inputSchema"/> has the prompt and completion columns (scalar text, or vector of Int32
+    /// for token columns) and returns it with the generated text column added.
     /// </summary>
     public SchemaShape GetOutputSchema(SchemaShape inputSchema)
     {
         ArgumentNullException.ThrowIfNull(inputSchema);
-        SchemaChecks.TextColumn(inputSchema, _options.PromptColumnName, "prompt", nameof(inputSchema));
-        SchemaChecks.TextColumn(inputSchema, _options.CompletionColumnName, "completion", nameof(inputSchema));
+        Check(inputSchema, _options.PromptColumn, _options.PromptIsTokens, "prompt");
+        Check(inputSchema, _options.CompletionColumn, _options.CompletionIsTokens, "completion");
         var columns = inputSchema.Where(c => c.Name != _options.OutputColumnName).ToList();
         columns.Add(SchemaChecks.TextColumnShape(_options.OutputColumnName));
         return new SchemaShape(columns);
@@ -43,8 +44,8 @@ public sealed class LoraCausalLmTrainer : IEstimator<LoraCausalLmTransformer>
     public LoraCausalLmTransformer Fit(IDataView input)
     {
         ArgumentNullException.ThrowIfNull(input);
-        int prompt = SchemaChecks.TextColumn(input.Schema, _options.PromptColumnName, "prompt", nameof(input));
-        int completion = SchemaChecks.TextColumn(input.Schema, _options.CompletionColumnName, "completion", nameof(input));
+        int prompt = SchemaChecks.Column(input.Schema, _options.PromptColumn, _options.PromptIsTokens, "prompt", nameof(input));
+        int completion = SchemaChecks.Column(input.Schema, _options.CompletionColumn, _options.CompletionIsTokens, "completion", nameof(input));
         var baseModel = BaseModelReference.Of(_options.BaseModelFolder);
         var options = _options.Clone();
         options.BaseModelFolder = baseModel.Folder;
@@ -52,14 +53,13 @@ public sealed class LoraCausalLmTrainer : IEstimator<LoraCausalLmTransformer>
         var examples = new List<PromptCompletion>();
         using (var cursor = input.GetRowCursor(new[] { input.Schema[prompt], input.Schema[completion] }))
         {
-            var getPrompt = cursor.GetGetter<ReadOnlyMemory<char>>(input.Schema[prompt]);
-            var getCompletion = cursor.GetGetter<ReadOnlyMemory<char>>(input.Schema[completion]);
-            ReadOnlyMemory<char> p = default, c = default;
+            var getPrompt = PromptReader.Create(cursor, prompt, _options.PromptIsTokens);
+            var getCompletion = PromptReader.Create(cursor, completion, _options.CompletionIsTokens);
             while (cursor.MoveNext())
             {
-                getPrompt(ref p);
-                getCompletion(ref c);
-                examples.Add(new PromptCompletion(p.ToString(), c.ToString()));
+                var p = getPrompt();
+                var c = getCompletion();
+                examples.Add(new PromptCompletion(p.Text, c.Text, p.Ids, c.Ids));
             }
         }
         if (examples.Count == 0)
@@ -74,11 +74,19 @@ public sealed class LoraCausalLmTrainer : IEstimator<LoraCausalLmTransformer>
         return new LoraCausalLmTransformer(_host, options, baseModel, _factory, generator);
     }
 
+    private static void Check(SchemaShape shape, string name, bool tokens, string role)
+    {
+        if (tokens) SchemaChecks.TokensColumn(shape, name, role + " tokens", nameof(shape));
+        else SchemaChecks.TextColumn(shape, name, role, nameof(shape));
+    }
+
     private static void Validate(LoraCausalLmOptions options)
     {
         Require(!string.IsNullOrWhiteSpace(options.BaseModelFolder), nameof(options.BaseModelFolder), "must name the base model folder");
-        Require(!string.IsNullOrEmpty(options.PromptColumnName), nameof(options.PromptColumnName), "must not be empty");
-        Require(!string.IsNullOrEmpty(options.CompletionColumnName), nameof(options.CompletionColumnName), "must not be empty");
+        Require(string.IsNullOrEmpty(options.PromptColumnName) != string.IsNullOrEmpty(options.PromptTokensColumnName),
+            nameof(options.PromptColumnName), "or PromptTokensColumnName: exactly one must be set (the prompt is read either as text or as token ids)");
+        Require(string.IsNullOrEmpty(options.CompletionColumnName) != string.IsNullOrEmpty(options.CompletionTokensColumnName),
+            nameof(options.CompletionColumnName), "or CompletionTokensColumnName: exactly one must be set (the completion is read either as text or as token ids)");
         Require(!string.IsNullOrEmpty(options.OutputColumnName), nameof(options.OutputColumnName), "must not be empty");
         Require(options.Lora is { Rank: > 0 }, "Lora.Rank", "must be positive");
         Require(options.Training is { Epochs: > 0, BatchSize: > 0, MaxSequenceLength: > 0 }, "Training", "Epochs, BatchSize and MaxSequenceLength must be positive");

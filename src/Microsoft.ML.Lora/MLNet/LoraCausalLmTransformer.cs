@@ -6,7 +6,7 @@ namespace Microsoft.ML.Lora;
 
 /// <summary>
 /// A base causal language model with a fine-tuned LoRA adapter. <see cref="Transform"/> adds a text column with the
-/// completion generated for each row's prompt, lazily and in batches. Saved with <c>mlContext.Model.Save</c> as the
+/// completion generated for each row's prompt (text, or token ids when trained with a prompt token column), lazily and in batches. Saved with <c>mlContext.Model.Save</c> as the
 /// PEFT adapter, the generation options and a reference to the base model folder, never the base weights.
 /// Dispose it to free the model once no PredictionEngine or cursor made from it is in use.
 /// </summary>
@@ -25,8 +25,11 @@ public sealed class LoraCausalLmTransformer : ITransformer, IDisposable
         _generator = new SharedTextGenerator(generator);
     }
 
-    /// <summary>Name of the prompt column read by <see cref="Transform"/>.</summary>
-    public string PromptColumnName => Options.PromptColumnName;
+    /// <summary>Name of the prompt text column read by <see cref="Transform"/>; null when it reads <see cref="PromptTokensColumnName"/>.</summary>
+    public string? PromptColumnName => Options.PromptColumnName;
+
+    /// <summary>Name of the prompt token id column (vector of Int32) read by <see cref="Transform"/>; null when it reads <see cref="PromptColumnName"/>.</summary>
+    public string? PromptTokensColumnName => Options.PromptTokensColumnName;
 
     /// <summary>Name of the generated text column added by <see cref="Transform"/>.</summary>
     public string OutputColumnName => Options.OutputColumnName;
@@ -49,7 +52,7 @@ public sealed class LoraCausalLmTransformer : ITransformer, IDisposable
     public DataViewSchema GetOutputSchema(DataViewSchema inputSchema)
     {
         ArgumentNullException.ThrowIfNull(inputSchema);
-        SchemaChecks.TextColumn(inputSchema, PromptColumnName, "prompt", nameof(inputSchema));
+        SchemaChecks.Column(inputSchema, Options.PromptColumn, Options.PromptIsTokens, "prompt", nameof(inputSchema));
         return GeneratedTextSchema.Append(inputSchema, OutputColumnName);
     }
 
@@ -59,16 +62,16 @@ public sealed class LoraCausalLmTransformer : ITransformer, IDisposable
     public IDataView Transform(IDataView input)
     {
         ArgumentNullException.ThrowIfNull(input);
-        int prompt = SchemaChecks.TextColumn(input.Schema, PromptColumnName, "prompt", nameof(input));
-        return new GeneratedTextDataView(input, _generator, prompt, OutputColumnName, Options.Generation.BatchSize);
+        int prompt = SchemaChecks.Column(input.Schema, Options.PromptColumn, Options.PromptIsTokens, "prompt", nameof(input));
+        return new GeneratedTextDataView(input, _generator, prompt, OutputColumnName, Options.Generation.BatchSize, Options.PromptIsTokens);
     }
 
     /// <inheritdoc/>
     public IRowToRowMapper GetRowToRowMapper(DataViewSchema inputSchema)
     {
         ArgumentNullException.ThrowIfNull(inputSchema);
-        int prompt = SchemaChecks.TextColumn(inputSchema, PromptColumnName, "prompt", nameof(inputSchema));
-        return new GeneratedTextRowMapper(inputSchema, _generator, prompt, OutputColumnName);
+        int prompt = SchemaChecks.Column(inputSchema, Options.PromptColumn, Options.PromptIsTokens, "prompt", nameof(inputSchema));
+        return new GeneratedTextRowMapper(inputSchema, _generator, prompt, OutputColumnName, Options.PromptIsTokens);
     }
 
     /// <inheritdoc/>

@@ -85,6 +85,69 @@ public sealed class EndToEndTests : IDisposable
         clock.Elapsed.Should().BeLessThan(TimeSpan.FromSeconds(30));
     }
 
+    public sealed class WordRow
+    {
+        public string Word { get; set; } = "";
+        public string Hint { get; set; } = "";
+        public string Completion { get; set; } = "";
+    }
+
+    private static WordRow[] WordRows() =>
+    [
+        new() { Word = "sky", Hint = "color", Completion = "blue" },
+        new() { Word = "grass", Hint = "color", Completion = "green" },
+        new() { Word = "snow", Hint = "", Completion = "white" },
+    ];
+
+    [Fact]
+    public void ConcatenateText_Tokenize_CausalLm_generates_as_the_text_columns_do()
+    {
+        var ml = new MLContext(seed: 1);
+        var data = ml.Data.LoadFromEnumerable(WordRows());
+
+        var textOptions = Options();
+        using var textModel = ml.Transforms.Text.ConcatenateText("Prompt", " ->: ", "Word", "Hint")
+            .Append(ml.Lora().CausalLm(textOptions)).Fit(data).LastTransformer;
+        var textPrompts = ml.Transforms.Text.ConcatenateText("Prompt", " ->: ", "Word", "Hint").Fit(data).Transform(data);
+        var expected = textModel.Transform(textPrompts).GetColumn<string>("GeneratedText").ToList();
+
+        var tokenOptions = Options();
+        tokenOptions.PromptTokensColumnName = "PromptIds";
+        tokenOptions.CompletionTokensColumnName = "CompletionIds";
+        var model = ml.Transforms.Text.ConcatenateText("Prompt", " ->: ", "Word", "Hint")
+            .Append(ml.Lora().Tokenize(_base, "PromptIds", "Prompt"))
+            .Append(ml.Lora().Tokenize(_base, "CompletionIds", "Completion", addSpecialTokens: false))
+            .Append(ml.Lora().CausalLm(tokenOptions))
+            .Fit(data);
+        try
+        {
+            var generated = model.Transform(data).GetColumn<string>("GeneratedText").ToList();
+            generated.Should().Equal(expected, "the same prompts as token ids, the same seed");
+            generated.Should().HaveCount(3).And.OnlyContain(t => t != null).And.Contain(t => t.Length > 0, "an all-empty generation would match trivially");
+
+            string zip = Path.Combine(_root, "tokens.zip");
+            ml.Model.Save(model, data.Schema, zip);
+            var ml2 = new MLContext(seed: 9);
+            var loaded = ml2.Model.Load(zip, out _);
+            try
+            {
+                loaded.Transform(ml2.Data.LoadFromEnumerable(WordRows())).GetColumn<string>("GeneratedText").Should().Equal(expected);
+            }
+            finally { foreach (var t in (IEnumerable<ITransformer>)loaded) (t as IDisposable)?.Dispose(); }
+        }
+        finally { model.LastTransformer.Dispose(); }
+    }
+
+    [Fact]
+    public void Token_ids_outside_the_vocabulary_are_refused()
+    {
+        var config = Microsoft.ML.Lora.Models.ModelConfig.Load(Path.Combine(_base, "config.json"));
+        var tokenizer = BackendTokenizer.Load(_base);
+        var act = () => TorchSharpTextGeneratorFactory.PromptIds(tokenizer, new[] { 5, TinyBaseModel.VocabSize }, config);
+        act.Should().Throw<ArgumentOutOfRangeException>().WithMessage($"Token id {TinyBaseModel.VocabSize} is outside the vocabulary*0 to {TinyBaseModel.VocabSize - 1}*");
+        TorchSharpTextGeneratorFactory.PromptIds(tokenizer, Array.Empty<int>(), config).Should().Equal(TinyBaseModel.VocabSize - 1);
+    }
+
     [Fact]
     public void Training_lowers_the_loss_and_the_adapter_is_PEFT()
     {

@@ -73,6 +73,14 @@ internal sealed class FakeTextGenerator : ITextGenerator
         return prompts.Select(p => Complete(p, Tag)).ToList();
     }
 
+    /// <summary>Token prompts complete as "ids:" + the ids reversed, comma-separated, + "|" + tag.</summary>
+    public IReadOnlyList<string> GenerateFromIds(IReadOnlyList<int[]> promptIds)
+    {
+        if (Disposed) throw new ObjectDisposedException(nameof(FakeTextGenerator));
+        BatchSizes.Add(promptIds.Count);
+        return promptIds.Select(p => "ids:" + string.Join(",", p.Reverse()) + "|" + Tag).ToList();
+    }
+
     public void SaveAdapter(string folder)
     {
         File.WriteAllText(Path.Combine(folder, "adapter_config.json"), JsonSerializer.Serialize(new { tag = Tag, seed = _seed, r = 8 }));

@@ -14,9 +14,11 @@ internal sealed class GeneratedTextDataView : IDataView
     private readonly SharedTextGenerator _generator;
     private readonly int _promptIndex;
     private readonly int _batchSize;
+    private readonly bool _tokens;
 
-    public GeneratedTextDataView(IDataView input, SharedTextGenerator generator, int promptIndex, string outputColumnName, int batchSize)
+    public GeneratedTextDataView(IDataView input, SharedTextGenerator generator, int promptIndex, string outputColumnName, int batchSize, bool tokens = false)
     {
+        _tokens = tokens;
         _input = input;
         _generator = generator;
         _promptIndex = promptIndex;
@@ -48,7 +50,7 @@ internal sealed class GeneratedTextDataView : IDataView
         private readonly GeneratedTextDataView _parent;
         private readonly DataViewRowCursor _rows;
         private readonly DataViewRowCursor? _prompts;
-        private readonly ValueGetter<ReadOnlyMemory<char>>? _promptGetter;
+        private readonly Func<PromptInput>? _promptGetter;
         private readonly HashSet<int> _active;
         private SharedTextGenerator.Lease? _lease;
         private IReadOnlyList<string> _batch = Array.Empty<string>();
@@ -62,7 +64,7 @@ internal sealed class GeneratedTextDataView : IDataView
             _active = active;
             if (prompts != null)
             {
-                _promptGetter = prompts.GetGetter<ReadOnlyMemory<char>>(prompts.Schema[parent._promptIndex]);
+                _promptGetter = PromptReader.Create(prompts, parent._promptIndex, parent._tokens);
                 _lease = parent._generator.Acquire();
             }
         }
@@ -107,13 +109,9 @@ internal sealed class GeneratedTextDataView : IDataView
                 throw new InvalidOperationException("Rows of a generated text column must be read in order.");
             while (prompts.Position < position - 1)
                 if (!prompts.MoveNext()) throw new InvalidOperationException("The prompt cursor ended before the row cursor.");
-            var batch = new List<string>(_parent._batchSize);
-            var value = default(ReadOnlyMemory<char>);
+            var batch = new List<PromptInput>(_parent._batchSize);
             while (batch.Count < _parent._batchSize && prompts.MoveNext())
-            {
-                _promptGetter!(ref value);
-                batch.Add(value.ToString());
-            }
+                batch.Add(_promptGetter!());
             if (batch.Count == 0) throw new InvalidOperationException("The prompt cursor ended before the row cursor.");
             _batch = _lease!.Generate(batch);
             _batchStart = position;

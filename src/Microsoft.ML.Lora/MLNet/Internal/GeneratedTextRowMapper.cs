@@ -10,9 +10,11 @@ internal sealed class GeneratedTextRowMapper : IRowToRowMapper
 {
     private readonly SharedTextGenerator _generator;
     private readonly int _promptIndex;
+    private readonly bool _tokens;
 
-    public GeneratedTextRowMapper(DataViewSchema inputSchema, SharedTextGenerator generator, int promptIndex, string outputColumnName)
+    public GeneratedTextRowMapper(DataViewSchema inputSchema, SharedTextGenerator generator, int promptIndex, string outputColumnName, bool tokens = false)
     {
+        _tokens = tokens;
         InputSchema = inputSchema;
         _generator = generator;
         _promptIndex = promptIndex;
@@ -47,7 +49,7 @@ internal sealed class GeneratedTextRowMapper : IRowToRowMapper
         private readonly DataViewRow _input;
         private readonly HashSet<int> _active;
         private SharedTextGenerator.Lease? _lease;
-        private readonly ValueGetter<ReadOnlyMemory<char>>? _promptGetter;
+        private readonly Func<PromptInput>? _promptGetter;
         private long _cachedPosition = -1;
         private string _cached = "";
 
@@ -58,7 +60,7 @@ internal sealed class GeneratedTextRowMapper : IRowToRowMapper
             _active = active;
             _lease = lease;
             if (lease != null)
-                _promptGetter = input.GetGetter<ReadOnlyMemory<char>>(input.Schema[parent._promptIndex]);
+                _promptGetter = PromptReader.Create(input, parent._promptIndex, parent._tokens);
         }
 
         public override DataViewSchema Schema => _parent.OutputSchema;
@@ -88,9 +90,7 @@ internal sealed class GeneratedTextRowMapper : IRowToRowMapper
             // PredictionEngine keeps one input row and moves its position on every Predict call.
             if (_cachedPosition != _input.Position || _input.Position < 0)
             {
-                var prompt = default(ReadOnlyMemory<char>);
-                _promptGetter!(ref prompt);
-                _cached = _lease!.Generate(new[] { prompt.ToString() })[0];
+                _cached = _lease!.Generate(new[] { _promptGetter!() })[0];
                 _cachedPosition = _input.Position;
             }
             return _cached;

@@ -10,12 +10,24 @@ internal interface ITextGenerator : IDisposable
     /// <summary>Completions of <paramref name="prompts"/>, one per prompt, in order.</summary>
     IReadOnlyList<string> Generate(IReadOnlyList<string> prompts);
 
+    /// <summary>
+    /// Completions of prompts given as token ids of the base model's tokenizer (already with the special prefix, e.g.
+    /// BOS, that the text path adds), one per prompt, in order; an empty prompt is conditioned as the text path does.
+    /// </summary>
+    IReadOnlyList<string> GenerateFromIds(IReadOnlyList<int[]> promptIds);
+
     /// <summary>Writes the adapter in the PEFT format (adapter_config.json, adapter_model.safetensors) into an existing empty folder.</summary>
     void SaveAdapter(string folder);
 }
 
-/// <summary>One training example read from the prompt and completion columns.</summary>
-internal readonly record struct PromptCompletion(string Prompt, string Completion);
+/// <summary>
+/// One training example read from the prompt and completion columns: text, or token ids when the column holds them
+/// (<see cref="PromptIds"/> / <see cref="CompletionIds"/> non-null; the text is then empty and not used).
+/// </summary>
+internal readonly record struct PromptCompletion(string Prompt, string Completion, int[]? PromptIds = null, int[]? CompletionIds = null);
+
+/// <summary>One prompt read from the prompt column: its text, or its token ids when <see cref="Ids"/> is non-null.</summary>
+internal readonly record struct PromptInput(string Text, int[]? Ids);
 
 /// <summary>
 /// Trains and loads <see cref="ITextGenerator"/>s. Saved models name the factory type, so a factory must have a public

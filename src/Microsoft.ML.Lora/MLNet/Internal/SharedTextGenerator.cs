@@ -50,6 +50,23 @@ internal sealed class SharedTextGenerator
         }
     }
 
+    /// <summary>Completions of prompts given as text or, when every prompt has ids, as token ids.</summary>
+    public IReadOnlyList<string> Generate(IReadOnlyList<PromptInput> prompts)
+    {
+        if (prompts.Count > 0 && prompts.All(p => p.Ids != null))
+        {
+            lock (_lock)
+            {
+                if (_references == 0) throw new ObjectDisposedException(nameof(LoraCausalLmTransformer));
+                var result = _generator.GenerateFromIds(prompts.Select(p => p.Ids!).ToList());
+                if (result.Count != prompts.Count)
+                    throw new InvalidOperationException($"The text generator returned {result.Count} completions for {prompts.Count} prompts.");
+                return result;
+            }
+        }
+        return Generate(prompts.Select(p => p.Text).ToList());
+    }
+
     public void SaveAdapter(string folder)
     {
         lock (_lock)
@@ -67,6 +84,9 @@ internal sealed class SharedTextGenerator
         public Lease(SharedTextGenerator owner) => _owner = owner;
 
         public IReadOnlyList<string> Generate(IReadOnlyList<string> prompts) =>
+            (_owner ?? throw new ObjectDisposedException(nameof(Lease))).Generate(prompts);
+
+        public IReadOnlyList<string> Generate(IReadOnlyList<PromptInput> prompts) =>
             (_owner ?? throw new ObjectDisposedException(nameof(Lease))).Generate(prompts);
 
         public void Dispose() => Interlocked.Exchange(ref _owner, null)?.Release();

@@ -28,7 +28,20 @@ internal sealed class TorchSharpTextGenerator : ITextGenerator
     public IReadOnlyList<string> Generate(IReadOnlyList<string> prompts)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
-        if (prompts.Count == 0) return [];
+        var config = _lora.Model.Config;
+        return GenerateIds(prompts.Select(p => (IReadOnlyList<int>)TorchSharpTextGeneratorFactory.PromptIds(_tokenizer, p, config)).ToList());
+    }
+
+    public IReadOnlyList<string> GenerateFromIds(IReadOnlyList<int[]> promptIds)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        var config = _lora.Model.Config;
+        return GenerateIds(promptIds.Select(p => (IReadOnlyList<int>)TorchSharpTextGeneratorFactory.PromptIds(_tokenizer, p, config)).ToList());
+    }
+
+    private IReadOnlyList<string> GenerateIds(List<IReadOnlyList<int>> ids)
+    {
+        if (ids.Count == 0) return [];
         var g = _options.Generation;
         var config = _lora.Model.Config;
         int? eos = config.EosTokenId ?? _tokenizer.EosId;
@@ -46,7 +59,6 @@ internal sealed class TorchSharpTextGenerator : ITextGenerator
             UseCache = true,
         };
         _lora.Model.eval();
-        var ids = prompts.Select(p => (IReadOnlyList<int>)TorchSharpTextGeneratorFactory.PromptIds(_tokenizer, p, config)).ToList();
         var generated = _generator.Generate(ids, generation);
         return generated.Select(tokens => _tokenizer.Decode(eos is int stop ? tokens.Where(t => t != stop).ToList() : tokens)).ToList();
     }

@@ -25,7 +25,8 @@ internal sealed class TorchSharpTextGeneratorFactory : ITextGeneratorFactory
             var eos = model.Config.EosTokenId ?? tokenizer.EosId;
             if (eos is null) log("The base model names no EOS token: completions are trained without one, generation stops at MaxNewTokens.");
             var train = examples.Select(e => new TrainingExample(
-                PromptIds(tokenizer, e.Prompt, model.Config), tokenizer.Encode(e.Completion, addSpecialTokens: false))).ToList();
+                e.PromptIds is { } p ? PromptIds(tokenizer, p, model.Config) : PromptIds(tokenizer, e.Prompt, model.Config),
+                e.CompletionIds is { } c ? CheckIds(c, model.Config) : tokenizer.Encode(e.Completion, addSpecialTokens: false))).ToList();
             var trainingOptions = ToTrainingOptions(options, eos is not null);
             if (model.Config.EosTokenId is null && eos is not null)
                 train = train.Select(e => e with { Completion = [.. e.Completion, eos.Value] }).ToList();
@@ -68,13 +69,26 @@ internal sealed class TorchSharpTextGeneratorFactory : ITextGeneratorFactory
     private static TrainerState Run(LoraModel lora, TrainingOptions options, List<TrainingExample> train, Action<string> log) =>
         new LoraTrainer(lora, options).Train(train, progress: new LogProgress(log));
 
-    internal static int[] PromptIds(IBackendTokenizer tokenizer, string prompt, ModelConfig config)
+    internal static int[] PromptIds(IBackendTokenizer tokenizer, string prompt, ModelConfig config) =>
+        PromptIds(tokenizer, tokenizer.Encode(prompt, addSpecialTokens: true), config);
+
+    /// <summary><paramref name="ids"/>, or the start token when there are none.</summary>
+    internal static int[] PromptIds(IBackendTokenizer tokenizer, int[] ids, ModelConfig config)
     {
-        var ids = tokenizer.Encode(prompt, addSpecialTokens: true);
+        CheckIds(ids, config);
         if (ids.Length > 0) return ids;
         // An empty prompt still needs one token to condition on: BOS, else EOS (as GPT-2 starts documents).
         var start = config.BosTokenId ?? config.EosTokenId ?? tokenizer.EosId ?? 0;
         return [start];
+    }
+
+    /// <summary>Throws when a token id (from a token column) is outside the model's vocabulary.</summary>
+    internal static int[] CheckIds(int[] ids, ModelConfig config)
+    {
+        foreach (int id in ids)
+            if (id < 0 || id >= config.VocabSize)
+                throw new ArgumentOutOfRangeException(nameof(ids), $"Token id {id} is outside the vocabulary of the base model (0 to {config.VocabSize - 1}); tokenize with the base model's tokenizer.");
+        return ids;
     }
 
     internal static ModelLoadOptions LoadOptions(LoraCausalLmOptions o) => new()

@@ -1,0 +1,134 @@
+using System.Globalization;
+using System.Reflection;
+using System.Text;
+using Microsoft.ML.Runtime;
+using Microsoft.ML.Transforms;
+
+namespace Microsoft.ML;
+
+/// <summary>Adds <see cref="ConcatenateText"/> to <c>mlContext.Transforms.Text</c>.</summary>
+public static class LoraTextCatalogExtensions
+{
+    /// <summary>Most input columns that <see cref="ConcatenateText"/> joins (the limit of ML.NET's Expression transform).</summary>
+    public const int MaxInputColumns = 5;
+
+    /// <summary>
+    /// Joins scalar text columns into one scalar text column: <c>input0 + separator + input1 + separator + ...</c>.
+    /// (ML.NET's <c>Transforms.Concatenate</c> makes a vector instead.) An empty value (ML.NET text has no null: a null
+    /// string of a class becomes empty) joins as empty, so the separators stay: "a" and "" give "a" + separator.
+    /// Built on ML.NET's <c>Transforms.Expression</c> (<c>concat</c>), so it is saved and loaded with the model and its
+    /// estimator's schema errors name the column and the expected type (String). A loaded model checks its input with
+    /// the Expression transform's own messages.
+    /// </summary>
+    /// <param name="catalog">The text transforms catalog, <c>mlContext.Transforms.Text</c>.</param>
+    /// <param name="outputColumnName">Scalar text column added.</param>
+    /// <param name="separator">Text put between consecutive inputs; may be empty. Any characters.</param>
+    /// <param name="inputColumnNames">One to <see cref="MaxInputColumns"/> scalar text columns, in order.</param>
+    public static LoraConcatenateTextEstimator ConcatenateText(this TransformsCatalog.TextTransforms catalog, string outputColumnName, string separator,
+        params string[] inputColumnNames)
+    {
+        ArgumentNullException.ThrowIfNull(catalog);
+        ArgumentException.ThrowIfNullOrEmpty(outputColumnName);
+        ArgumentNullException.ThrowIfNull(separator);
+        ArgumentNullException.ThrowIfNull(inputColumnNames);
+        if (inputColumnNames.Length is 0 or > MaxInputColumns)
+            throw new ArgumentOutOfRangeException(nameof(inputColumnNames), $"ConcatenateText joins 1 to {MaxInputColumns} text columns, got {inputColumnNames.Length}.");
+        for (int i = 0; i < inputColumnNames.Length; i++)
+            if (string.IsNullOrEmpty(inputColumnNames[i]))
+                throw new ArgumentException($"Input column name {i} of ConcatenateText is empty.", nameof(inputColumnNames));
+
+        var env = EnvironmentOf(catalog);
+        string expression = Expression(separator, inputColumnNames.Length);
+        // ExpressionEstimator's constructor and ColumnOptions are internal; Transforms.Expression (public) needs the
+        // TransformsCatalog, which mlContext.Transforms.Text does not expose.
+        const BindingFlags Any = BindingFlags.Instance | BindingFlags.NonPublic | BindingFlags.Public;
+        var optionsType = typeof(ExpressionEstimator).GetNestedType("ColumnOptions", BindingFlags.NonPublic | BindingFlags.Public)
+            ?? throw new InvalidOperationException("ExpressionEstimator.ColumnOptions not found (ML.NET internals changed).");
+        var column = Activator.CreateInstance(optionsType, Any, null, new object[] { outputColumnName, inputColumnNames.ToArray(), expression }, CultureInfo.InvariantCulture)!;
+        var columns = Array.CreateInstance(optionsType, 1);
+        columns.SetValue(column, 0);
+        var expressionEstimator = (ExpressionEstimator)Activator.CreateInstance(typeof(ExpressionEstimator), Any, null, new object[] { env, columns }, CultureInfo.InvariantCulture)!;
+        return new LoraConcatenateTextEstimator(expressionEstimator, inputColumnNames.ToArray());
+    }
+
+    /// <summary><c>(x0, x1) =&gt; concat(x0, "sep", x1)</c>; a single input is <c>x0 =&gt; concat(x0)</c> (text stays text).</summary>
+    internal static string Expression(string separator, int count)
+    {
+        var parameters = Enumerable.Range(0, count).Select(i => "x" + i.ToString(CultureInfo.InvariantCulture)).ToList();
+        string literal = Literal(separator);
+        var args = new StringBuilder();
+        for (int i = 0; i < count; i++)
+        {
+            if (i > 0 && separator.Length > 0) args.Append(", ").Append(literal);
+            if (i > 0) args.Append(", ");
+            args.Append(parameters[i]);
+        }
+        return $"({string.Join(", ", parameters)}) => concat({args})";
+    }
+
+    /// <summary>A string literal of ML.NET's expression language: C#-style backslash escapes.</summary>
+    private static string Literal(string text)
+    {
+        var sb = new StringBuilder("\"");
+        foreach (char c in text)
+        {
+            switch (c)
+            {
+                case '"': sb.Append("\\\""); break;
+                case '\\': sb.Append("\\\\"); break;
+                case '\n': sb.Append("\\n"); break;
+                case '\r': sb.Append("\\r"); break;
+                case '\t': sb.Append("\\t"); break;
+                default:
+                    if (char.IsControl(c)) sb.Append("\\u").Append(((int)c).ToString("x4", CultureInfo.InvariantCulture));
+                    else sb.Append(c);
+                    break;
+            }
+        }
+        return sb.Append('"').ToString();
+    }
+
+    // TransformsCatalog.TextTransforms keeps its IHostEnvironment in an internal property (IInternalCatalog.Environment).
+    private static IHostEnvironment EnvironmentOf(TransformsCatalog.TextTransforms catalog)
+    {
+        var property = catalog.GetType().GetProperties(BindingFlags.Instance | BindingFlags.NonPublic | BindingFlags.Public)
+            .FirstOrDefault(p => typeof(IHostEnvironment).IsAssignableFrom(p.PropertyType))
+            ?? throw new InvalidOperationException("Cannot find the environment of mlContext.Transforms.Text (ML.NET internals changed).");
+        return (IHostEnvironment)property.GetValue(catalog)!;
+    }
+}
+
+/// <summary>
+/// Joins scalar text columns with a separator into a scalar text column; made by
+/// <c>mlContext.Transforms.Text.ConcatenateText</c>. Checks that every input column is scalar text, naming the column
+/// otherwise, then fits ML.NET's Expression transform (<c>concat</c>), which is what is saved with the model.
+/// </summary>
+public sealed class LoraConcatenateTextEstimator : IEstimator<ExpressionTransformer>
+{
+    private readonly ExpressionEstimator _expression;
+    private readonly string[] _inputColumnNames;
+
+    internal LoraConcatenateTextEstimator(ExpressionEstimator expression, string[] inputColumnNames)
+    {
+        _expression = expression;
+        _inputColumnNames = inputColumnNames;
+    }
+
+    /// <summary>Checks that the input columns are scalar text and returns the schema with the joined text column added.</summary>
+    public SchemaShape GetOutputSchema(SchemaShape inputSchema)
+    {
+        ArgumentNullException.ThrowIfNull(inputSchema);
+        foreach (var name in _inputColumnNames)
+            Microsoft.ML.Lora.MLNet.SchemaChecks.TextColumn(inputSchema, name, "input", nameof(inputSchema));
+        return _expression.GetOutputSchema(inputSchema);
+    }
+
+    /// <summary>Checks that the input columns are scalar text and returns the Expression transformer that joins them.</summary>
+    public ExpressionTransformer Fit(IDataView input)
+    {
+        ArgumentNullException.ThrowIfNull(input);
+        foreach (var name in _inputColumnNames)
+            Microsoft.ML.Lora.MLNet.SchemaChecks.TextColumn(input.Schema, name, "input", nameof(input));
+        return _expression.Fit(input);
+    }
+}
