@@ -1,3 +1,4 @@
+using Microsoft.ML.Lora.Models.Layers;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -54,9 +55,9 @@ internal static class Attention
         return x.unsqueeze(2).expand(b, h, groups, s, d).reshape(b, h * groups, s, d);
     }
 
-    /// <summary>softmax(q kᵀ / √d + mask) v over [B, H, T, D] queries and [B, H, S, D] keys and values.</summary>
+    /// <summary>softmax(q kᵀ / √d + mask) v over [B, H, T, D] queries and [B, H, S, D] keys and values, in float32.</summary>
     public static Tensor Sdpa(Tensor q, Tensor k, Tensor v, Tensor mask) =>
-        nn.functional.scaled_dot_product_attention(q, k, v, mask);
+        nn.functional.scaled_dot_product_attention(q.As(Precision.Compute), k.As(Precision.Compute), v.As(Precision.Compute), mask);
 
     /// <summary>[B, T, H * D] to [B, H, T, D].</summary>
     public static Tensor SplitHeads(Tensor x, long heads, long headDim) =>

@@ -1,7 +1,9 @@
 using Microsoft.ML.Lora.Generation;
 using TorchSharp;
 using TorchSharp.Modules;
+using LayerNorm = Microsoft.ML.Lora.Models.Layers.LayerNorm;
 using static TorchSharp.torch;
+using Microsoft.ML.Lora.Models.Layers;
 using Linear = Microsoft.ML.Lora.Models.Layers.Linear;
 
 namespace Microsoft.ML.Lora.Models;
@@ -25,7 +27,7 @@ internal sealed class BloomForCausalLm : CausalLm
 
     /// <summary>BLOOM has no position embeddings: <paramref name="positionIds"/> is ignored; ALiBi follows the mask.</summary>
     public override Tensor Forward(Tensor inputIds, Tensor? attentionMask = null, Tensor? positionIds = null, KvCache? cache = null) =>
-        nn.functional.linear(transformer.forward(inputIds, attentionMask, cache), transformer.word_embeddings.weight!);
+        Logits(transformer.forward(inputIds, attentionMask, cache), transformer.word_embeddings.weight!);
 
     /// <summary>ALiBi slopes of transformers' build_alibi_tensor, also for head counts that are not powers of two.</summary>
     public static float[] AlibiSlopes(int heads)
@@ -64,9 +66,9 @@ internal sealed class BloomModel : nn.Module
     {
         _heads = c.NumHeads;
         word_embeddings = nn.Embedding(c.VocabSize, c.HiddenSize);
-        word_embeddings_layernorm = nn.LayerNorm(c.HiddenSize, c.NormEpsilon);
+        word_embeddings_layernorm = new LayerNorm(c.HiddenSize, c.NormEpsilon);
         h = new ModuleList<BloomBlock>([.. Enumerable.Range(0, c.NumLayers).Select(_ => new BloomBlock(c))]);
-        ln_f = nn.LayerNorm(c.HiddenSize, c.NormEpsilon);
+        ln_f = new LayerNorm(c.HiddenSize, c.NormEpsilon);
         RegisterComponents();
     }
 
@@ -75,7 +77,7 @@ internal sealed class BloomModel : nn.Module
         long time = inputIds.shape[1], past = cache?.Length ?? 0;
         var mask = Attention.FullMask(inputIds, attentionMask, past);
         var x = word_embeddings_layernorm.forward(word_embeddings.forward(inputIds));
-        var bias = BloomForCausalLm.BuildAlibi(mask, _heads).to_type(x.dtype) + Attention.CausalMask(mask, time, x.dtype);
+        var bias = BloomForCausalLm.BuildAlibi(mask, _heads) + Attention.CausalMask(mask, time, x.dtype);
         for (int i = 0; i < h.Count; i++) x = h[i].forward(x, bias, cache, i);
         return ln_f.forward(x);
     }
@@ -92,9 +94,9 @@ internal sealed class BloomBlock : nn.Module
 
     public BloomBlock(ModelConfig c) : base("BloomBlock")
     {
-        input_layernorm = nn.LayerNorm(c.HiddenSize, c.NormEpsilon);
+        input_layernorm = new LayerNorm(c.HiddenSize, c.NormEpsilon);
         self_attention = new BloomAttention(c);
-        post_attention_layernorm = nn.LayerNorm(c.HiddenSize, c.NormEpsilon);
+        post_attention_layernorm = new LayerNorm(c.HiddenSize, c.NormEpsilon);
         mlp = new BloomMlp(c);
         _residualPostNorm = c.Raw["apply_residual_connection_post_layernorm"]?.GetValue<bool>() ?? false;
         RegisterComponents();

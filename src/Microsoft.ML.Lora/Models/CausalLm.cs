@@ -1,3 +1,4 @@
+using Microsoft.ML.Lora.Models.Layers;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -24,4 +25,8 @@ internal abstract class CausalLm : nn.Module
     /// keys and values of earlier calls are reused and this call's are appended.
     /// </summary>
     public abstract Tensor Forward(Tensor inputIds, Tensor? attentionMask = null, Tensor? positionIds = null, Generation.KvCache? cache = null);
+
+    /// <summary>Float32 logits of the final hidden states <paramref name="h"/> through the tied embedding matrix.</summary>
+    protected static Tensor Logits(Tensor h, Tensor embedding) =>
+        nn.functional.linear(h.As(embedding.dtype), embedding).As(Layers.Precision.Compute);
 }

@@ -2,6 +2,7 @@ using Microsoft.ML.Lora.Generation;
 using Microsoft.ML.Lora.Models.Layers;
 using TorchSharp;
 using TorchSharp.Modules;
+using LayerNorm = Microsoft.ML.Lora.Models.Layers.LayerNorm;
 using static TorchSharp.torch;
 
 namespace Microsoft.ML.Lora.Models;
@@ -26,7 +27,7 @@ internal sealed class Gpt2ForCausalLm : CausalLm
     public override Tensor Forward(Tensor inputIds, Tensor? attentionMask = null, Tensor? positionIds = null, KvCache? cache = null)
     {
         var h = transformer.forward(inputIds, attentionMask, positionIds, cache);
-        return nn.functional.linear(h, transformer.wte.weight!);
+        return Logits(h, transformer.wte.weight!);
     }
 }
 
@@ -43,7 +44,7 @@ internal sealed class Gpt2Model : nn.Module
         wte = nn.Embedding(c.VocabSize, c.HiddenSize);
         wpe = nn.Embedding(c.MaxPositionEmbeddings, c.HiddenSize);
         h = new ModuleList<Gpt2Block>([.. Enumerable.Range(0, c.NumLayers).Select(_ => new Gpt2Block(c))]);
-        ln_f = nn.LayerNorm(c.HiddenSize, c.NormEpsilon);
+        ln_f = new LayerNorm(c.HiddenSize, c.NormEpsilon);
         RegisterComponents();
     }
 
@@ -52,7 +53,7 @@ internal sealed class Gpt2Model : nn.Module
         long time = inputIds.shape[1], past = cache?.Length ?? 0;
         var mask = Attention.FullMask(inputIds, attentionMask, past);
         positionIds ??= Attention.PositionsFromMask(mask, time);
-        var x = wte.forward(inputIds) + wpe.forward(positionIds);
+        var x = wte.forward(inputIds).As(Precision.Compute) + wpe.forward(positionIds);
         var bias = Attention.CausalMask(mask, time, x.dtype);
         for (int i = 0; i < h.Count; i++) x = h[i].forward(x, bias, cache, i);
         return ln_f.forward(x);
@@ -69,9 +70,9 @@ internal sealed class Gpt2Block : nn.Module
 
     public Gpt2Block(ModelConfig c) : base("GPT2Block")
     {
-        ln_1 = nn.LayerNorm(c.HiddenSize, c.NormEpsilon);
+        ln_1 = new LayerNorm(c.HiddenSize, c.NormEpsilon);
         attn = new Gpt2Attention(c);
-        ln_2 = nn.LayerNorm(c.HiddenSize, c.NormEpsilon);
+        ln_2 = new LayerNorm(c.HiddenSize, c.NormEpsilon);
         mlp = new Gpt2Mlp(c);
         RegisterComponents();
     }

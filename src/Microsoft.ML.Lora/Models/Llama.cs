@@ -2,6 +2,7 @@ using Microsoft.ML.Lora.Generation;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
+using Microsoft.ML.Lora.Models.Layers;
 using Linear = Microsoft.ML.Lora.Models.Layers.Linear;
 
 namespace Microsoft.ML.Lora.Models;
@@ -37,7 +38,7 @@ internal sealed class LlamaForCausalLm : CausalLm
     public override Tensor Forward(Tensor inputIds, Tensor? attentionMask = null, Tensor? positionIds = null, KvCache? cache = null)
     {
         var h = model.forward(inputIds, attentionMask, positionIds, cache);
-        return lm_head is null ? nn.functional.linear(h, model.embed_tokens.weight!) : lm_head.forward(h);
+        return lm_head is null ? Logits(h, model.embed_tokens.weight!) : lm_head.forward(h).As(Precision.Compute);
     }
 }
 
@@ -65,9 +66,9 @@ internal sealed class LlamaModel : nn.Module
         long time = inputIds.shape[1], past = cache?.Length ?? 0;
         var mask = Attention.FullMask(inputIds, attentionMask, past);
         positionIds ??= Attention.PositionsFromMask(mask, time);
-        var x = embed_tokens.forward(inputIds);
+        var x = embed_tokens.forward(inputIds).As(Precision.Compute);
         var bias = Attention.CausalMask(mask, time, x.dtype, _slidingWindow);
-        var (cos, sin) = Rotary.CosSin(_invFreq, positionIds, x.dtype);
+        var (cos, sin) = Rotary.CosSin(_invFreq, positionIds);
         for (int i = 0; i < layers.Count; i++) x = layers[i].forward(x, bias, cos, sin, cache, i);
         return norm.forward(x);
     }
@@ -109,13 +110,13 @@ internal static class Rotary
         return [.. inv.Select(f => (float)f)];
     }
 
-    /// <summary>cos and sin [B, 1, T, D] for position ids [B, T].</summary>
-    public static (Tensor cos, Tensor sin) CosSin(float[] invFreq, Tensor positionIds, ScalarType dtype)
+    /// <summary>cos and sin [B, 1, T, D] in float32 for position ids [B, T].</summary>
+    public static (Tensor cos, Tensor sin) CosSin(float[] invFreq, Tensor positionIds)
     {
         var freq = tensor(invFreq, device: positionIds.device);
         var angles = positionIds.to_type(ScalarType.Float32).unsqueeze(-1) * freq; // [B, T, D/2]
         var emb = cat([angles, angles], -1).unsqueeze(1);
-        return (emb.cos().to_type(dtype), emb.sin().to_type(dtype));
+        return (emb.cos(), emb.sin());
     }
 
     public static Tensor Apply(Tensor x, Tensor cos, Tensor sin)
@@ -126,7 +127,7 @@ internal static class Rotary
     }
 }
 
-/// <summary>weight * x / sqrt(mean(x²) + eps), computed in float32 (transformers' LlamaRMSNorm).</summary>
+/// <summary>weight * x / sqrt(mean(x²) + eps), computed and returned in float32 (transformers' LlamaRMSNorm upcasts too).</summary>
 internal sealed class RmsNorm : nn.Module<Tensor, Tensor>
 {
     public Parameter weight;
@@ -141,10 +142,8 @@ internal sealed class RmsNorm : nn.Module<Tensor, Tensor>
 
     public override Tensor forward(Tensor x)
     {
-        var dtype = x.dtype;
-        var h = x.to_type(ScalarType.Float32);
-        h = h * rsqrt(h.pow(2).mean([-1], keepdim: true) + _eps);
-        return weight * h.to_type(dtype);
+        var h = x.As(Precision.Compute);
+        return weight.As(Precision.Compute) * (h * rsqrt(h.pow(2).mean([-1], keepdim: true) + _eps));
     }
 }
 

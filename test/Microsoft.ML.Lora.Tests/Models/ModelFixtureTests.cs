@@ -105,8 +105,9 @@ public class ModelFixtureTests(ITestOutputHelper output)
 
     /// <summary>
     /// bfloat16 load + forward against float32. The fixtures use initializer_range 0.3, so rounding the weights alone to
-    /// bfloat16 moves LLaMA's logits by 1.7% (Qwen2 1.2%); the bound is therefore 2e-2 on the error the bfloat16
-    /// computation adds over a float32 model holding the same rounded weights, and 3e-2 in total.
+    /// bfloat16 moves LLaMA's logits by 1.7% (Qwen2 1.2%). Norms, rotary, attention, the residual stream and the logits
+    /// are float32 (see Layers.Precision); what the bfloat16 matmuls add is bounded by 1.5e-2. LLaMA's total is 2.2%:
+    /// its remaining compute error (1.4%) is spread over all seven projections' bfloat16 rounding, not any one op.
     /// </summary>
     [Theory]
     [InlineData("bloom")]
@@ -130,9 +131,9 @@ public class ModelFixtureTests(ITestOutputHelper output)
         b.isfinite().all().item<bool>().Should().BeTrue();
         var valid = mask.to_type(ScalarType.Bool).unsqueeze(-1).expand_as(a);
         double Rel(Tensor x, Tensor reference) => ((x - reference).masked_select(valid).norm() / reference.masked_select(valid).norm()).item<float>();
-        double total = Rel(b, a), compute = Rel(b, r);
-        output.WriteLine($"{arch} bf16 relative error vs float32 {total:E3}; vs float32 with bf16-rounded weights {compute:E3}");
-        compute.Should().BeLessThanOrEqualTo(2e-2);
-        total.Should().BeLessThanOrEqualTo(arch is "gpt2" or "bloom" ? 2e-2 : 3e-2);
+        double total = Rel(b, a), compute = Rel(b, r), rounding = Rel(r, a);
+        output.WriteLine($"{arch} bf16 relative error vs float32 {total:E3}; vs float32 with bf16-rounded weights {compute:E3} (rounding the weights alone: {rounding:E3})");
+        compute.Should().BeLessThanOrEqualTo(1.5e-2);
+        total.Should().BeLessThanOrEqualTo(arch is "llama" ? 2.5e-2 : 2e-2);
     }
 }

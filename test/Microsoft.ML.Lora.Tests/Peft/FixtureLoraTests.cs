@@ -73,6 +73,24 @@ public class FixtureLoraTests(ITestOutputHelper output)
     }
 
     [Theory]
+    [InlineData("gpt2")]
+    [InlineData("llama")]
+    public void Lora_on_a_bfloat16_model_trains(string arch)
+    {
+        using var scope = NewDisposeScope();
+        var model = ModelLoader.Load(Fixtures.Model(arch), new ModelLoadOptions { DType = ScalarType.BFloat16 });
+        var lm = PeftAdapterIO.Load(model, Path.Combine(Fixtures.Model(arch), "lora", "adapter_init"));
+        lm.Layers.Values.All(l => l.LoraA("default").dtype == ScalarType.BFloat16).Should().BeTrue();
+        var inputs = Inputs(arch);
+        using var batch = new Batch(Ids(inputs, "train_input_ids"), Ids(inputs, "train_attention_mask"), Ids(inputs, "train_labels_full"), 0);
+        var trainer = new LoraTrainer(lm, new TrainingOptions { LearningRate = 1e-2, WeightDecay = 0, MaxGradNorm = 0, LrScheduler = LrSchedulerType.Constant, MaxSteps = 3 });
+        var losses = Enumerable.Range(0, 3).Select(_ => trainer.Step([batch], 1e-2)).ToArray();
+        output.WriteLine($"{arch} bf16 losses [{string.Join(", ", losses.Select(x => x.ToString("F4")))}]");
+        losses.All(double.IsFinite).Should().BeTrue();
+        losses.Should().BeInDescendingOrder();
+    }
+
+    [Theory]
     [InlineData("bloom", "labels_full")]
     [InlineData("bloom", "labels_prompt_masked")]
     [InlineData("gpt2", "labels_full")]

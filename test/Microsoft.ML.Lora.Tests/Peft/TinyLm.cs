@@ -2,6 +2,7 @@ using Microsoft.ML.Lora.Models;
 using Microsoft.ML.Lora.Models.Layers;
 using TorchSharp;
 using TorchSharp.Modules;
+using LayerNorm = TorchSharp.Modules.LayerNorm;
 using Linear = Microsoft.ML.Lora.Models.Layers.Linear;
 using static TorchSharp.torch;
 

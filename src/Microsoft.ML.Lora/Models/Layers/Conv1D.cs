@@ -27,5 +27,9 @@ internal sealed class Conv1D : nn.Module<Tensor, Tensor>, ILinear
         RegisterComponents();
     }
 
-    public override Tensor forward(Tensor x) => bias is null ? matmul(x, weight) : addmm(bias, x.flatten(0, -2), weight, 1, 1).view([.. x.shape[..^1], OutFeatures]);
+    public override Tensor forward(Tensor x)
+    {
+        x = x.As(weight.dtype);
+        return bias is null ? matmul(x, weight) : addmm(bias, x.flatten(0, -2), weight, 1, 1).view([.. x.shape[..^1], OutFeatures]);
+    }
 }

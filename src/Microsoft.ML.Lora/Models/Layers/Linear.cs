@@ -28,5 +28,5 @@ internal sealed class Linear : nn.Module<Tensor, Tensor>, ILinear
         RegisterComponents();
     }
 
-    public override Tensor forward(Tensor x) => nn.functional.linear(x, weight, bias);
+    public override Tensor forward(Tensor x) => nn.functional.linear(x.As(weight.dtype), weight, bias);
 }

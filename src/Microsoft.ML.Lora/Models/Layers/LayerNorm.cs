@@ -1,0 +1,26 @@
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace Microsoft.ML.Lora.Models.Layers;
+
+/// <summary>torch.nn.LayerNorm computed in float32 whatever the dtype of its weights; returns float32.</summary>
+internal sealed class LayerNorm : nn.Module<Tensor, Tensor>
+{
+    public Parameter weight;
+    public Parameter bias;
+    private readonly long _size;
+    private readonly double _eps;
+
+    public LayerNorm(long size, double eps = 1e-5) : base(nameof(LayerNorm))
+    {
+        weight = new Parameter(ones(size));
+        bias = new Parameter(zeros(size));
+        _size = size;
+        _eps = eps;
+        RegisterComponents();
+    }
+
+    public override Tensor forward(Tensor x) =>
+        nn.functional.layer_norm(x.As(Precision.Compute), [_size], weight.As(Precision.Compute), bias.As(Precision.Compute), _eps);
+}
