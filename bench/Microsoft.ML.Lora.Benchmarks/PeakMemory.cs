@@ -12,9 +12,13 @@ internal static class PeakMemory
     }
 
     /// <summary>Current resident set size (VmRSS), in MiB.</summary>
-    public static double RssMiB()
+    public static double RssMiB() => StatusMiB("VmRSS:");
+
+    /// <summary>A kB line of /proc/self/status (VmRSS:, RssAnon:, RssFile:), in MiB; NaN where missing.</summary>
+    public static double StatusMiB(string key)
     {
-        var line = File.ReadLines("/proc/self/status").FirstOrDefault(l => l.StartsWith("VmRSS:"));
+        const string status = "/proc/self/status";
+        var line = File.Exists(status) ? File.ReadLines(status).FirstOrDefault(l => l.StartsWith(key)) : null;
         return line is null ? double.NaN : long.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1]) / 1024.0;
     }
 }

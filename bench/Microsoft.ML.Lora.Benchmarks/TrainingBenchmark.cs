@@ -41,25 +41,31 @@ internal sealed class TrainingBenchmark : IBenchmark
         Console.WriteLine($"[{name}] {lora.TrainableReport()}");
         var rng = new Random(0);
         var data = Enumerable.Range(0, 64).Select(_ => new TrainingExample([], Enumerable.Range(0, 128).Select(_ => rng.Next(50257)).ToArray())).ToList();
+        int printEvery = Math.Max(1, steps / 20); const int flatFrom = 50;
         var options = new TrainingOptions
         {
-            LearningRate = 2e-4, BatchSize = 4, MaxSteps = steps, LoggingSteps = Math.Max(1, steps / 10), AppendEos = false, TrainOnPrompt = true,
+            LearningRate = 2e-4, BatchSize = 4, MaxSteps = steps, LoggingSteps = 1, AppendEos = false, TrainOnPrompt = true,
             LrScheduler = LrSchedulerType.Linear, WarmupRatio = 0.03,
         };
         if (profile) { Profile(name, model); return; }
-        double rss10 = double.NaN; TrainingProgress? last = null;
+        // RSS is read after every step; flatness compares its highest value over steps 51-100 with that over the last 50
+        // steps (windows of whole memory-release cycles, so the phase of the cycle cannot flatter either number).
+        double rssEarly = 0, rssLate = 0; TrainingProgress? last = null;
         var trainer = new LoraTrainer(lora, options);
         var progress = new Sync(p =>
         {
             last = p;
-            if (p.Step <= 10 || double.IsNaN(rss10)) rss10 = PeakMemory.RssMiB();
+            double rss = PeakMemory.RssMiB();
+            if (p.Step > flatFrom && p.Step <= flatFrom + 50) rssEarly = Math.Max(rssEarly, rss);
+            if (p.Step > p.TotalSteps - 50 && p.Step > flatFrom + 50) rssLate = Math.Max(rssLate, rss);
+            if (p.Step % printEvery != 0 && p.Step != p.TotalSteps) return;
             Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                $"[{name}] step {p.Step}/{p.TotalSteps} loss {p.Loss:F4} lr {p.LearningRate:E2} {p.TokensPerSecond:F0} tok/s elapsed {p.Elapsed:hh\\:mm\\:ss} eta {p.Eta:hh\\:mm\\:ss} rss {PeakMemory.RssMiB():F0} MiB live tensors {TorchSharp.DisposeScopeManager.Statistics.ThreadTotalLiveCount} managed {GC.GetTotalMemory(false) / 1048576.0:F0} MiB"));
+                $"[{name}] step {p.Step}/{p.TotalSteps} loss {p.Loss:F4} lr {p.LearningRate:E2} {p.TokensPerSecond:F0} tok/s elapsed {p.Elapsed:hh\\:mm\\:ss} eta {p.Eta:hh\\:mm\\:ss} rss {rss:F0} MiB (anon {PeakMemory.StatusMiB("RssAnon:"):F0}) live tensors {TorchSharp.DisposeScopeManager.Statistics.ThreadTotalLiveCount}"));
         });
         trainer.Train(data, progress: progress);
-        double peak = PeakMemory.PeakRssGiB(), rssEnd = PeakMemory.RssMiB();
+        double peak = PeakMemory.PeakRssGiB();
         Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-            $"[{name}] RESULT {steps} steps: {last!.TokensPerSecond:F0} tokens/s (HF+PEFT {hfTokens}, ratio {last.TokensPerSecond / hfTokens:F2}); peak RSS {peak:F2} GiB (HF+PEFT {hfGiB}, ratio {peak / hfGiB:F2}); RSS first report {rss10:F0} MiB -> end {rssEnd:F0} MiB ({100 * (rssEnd - rss10) / rss10:+0.0;-0.0}%)"));
+            $"[{name}] RESULT {steps} steps: {last!.TokensPerSecond:F0} tokens/s (HF+PEFT {hfTokens}, ratio {last.TokensPerSecond / hfTokens:F2}); peak RSS {peak:F2} GiB (HF+PEFT {hfGiB}, ratio {peak / hfGiB:F2}); highest RSS over steps {flatFrom + 1}-{flatFrom + 50} {rssEarly:F0} MiB, over the last 50 steps {rssLate:F0} MiB ({100 * (rssLate - rssEarly) / rssEarly:+0.0;-0.0}%)"));
         model.Dispose();
     }
 

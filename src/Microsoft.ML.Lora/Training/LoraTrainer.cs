@@ -15,6 +15,13 @@ internal sealed class LoraTrainer
 {
     public const string OptimizerFile = "optimizer.pt";
 
+    /// <summary>
+    /// Steps between <see cref="ReleaseFreedMemory"/> calls. Without them resident memory keeps growing (heap
+    /// fragmentation, and managed garbage the GC does not hurry to collect because it cannot see libtorch's memory);
+    /// after every step they cost about 10% of throughput, since the freed pages are faulted back in.
+    /// </summary>
+    private const int ReleaseMemoryEverySteps = 10;
+
     private readonly LoraModel _model;
     private readonly TrainingOptions _o;
     private readonly List<Parameter> _params;
@@ -42,7 +49,7 @@ internal sealed class LoraTrainer
     /// </summary>
     internal static HashSet<IntPtr> DecayParameters(nn.Module model)
     {
-        var norms = model.named_modules().Where(m => m.module is LayerNorm or Models.RmsNorm)
+        var norms = model.named_modules().Where(m => m.module is LayerNorm or Models.Layers.LayerNorm or Models.RmsNorm)
             .SelectMany(m => m.module.parameters()).Select(p => p.Handle).ToHashSet();
         return model.named_parameters().Where(p => !norms.Contains(p.parameter.Handle) && !NoDecayName.IsMatch(p.name.ToLowerInvariant()))
             .Select(p => p.parameter.Handle).ToHashSet();
@@ -176,6 +183,7 @@ internal sealed class LoraTrainer
                 tokens += micro.Sum(b => b.Tokens);
             }
             finally { foreach (var b in micro) b.Dispose(); }
+            if (GlobalStep % ReleaseMemoryEverySteps == 0) ReleaseFreedMemory();
 
             double? evalLoss = null;
             if (evalEncoded != null && ((_o.EvalSteps > 0 && GlobalStep % _o.EvalSteps == 0) || GlobalStep == totalSteps))
@@ -193,6 +201,13 @@ internal sealed class LoraTrainer
             }
         }
         return State(totalSteps, collator.Truncated);
+    }
+
+    private static void ReleaseFreedMemory()
+    {
+        GC.Collect();
+        GC.WaitForPendingFinalizers();
+        Native.NativeHeap.Trim();
     }
 
     private TrainerState State(int totalSteps, int truncated) => new()

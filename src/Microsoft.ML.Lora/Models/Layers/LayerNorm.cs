@@ -21,6 +21,9 @@ internal sealed class LayerNorm : nn.Module<Tensor, Tensor>
         RegisterComponents();
     }
 
+    public long Size => _size;
+    public double Eps => _eps;
+
     public override Tensor forward(Tensor x) =>
         nn.functional.layer_norm(x.As(Precision.Compute), [_size], weight.As(Precision.Compute), bias.As(Precision.Compute), _eps);
 }
