@@ -1,7 +1,5 @@
 using System.Globalization;
-using System.Reflection;
 using System.Text;
-using Microsoft.ML.Runtime;
 using Microsoft.ML.Transforms;
 
 namespace Microsoft.ML;
@@ -37,17 +35,8 @@ public static class LoraTextCatalogExtensions
             if (string.IsNullOrEmpty(inputColumnNames[i]))
                 throw new ArgumentException($"Input column name {i} of ConcatenateText is empty.", nameof(inputColumnNames));
 
-        var env = EnvironmentOf(catalog);
-        string expression = Expression(separator, inputColumnNames.Length);
-        // ExpressionEstimator's constructor and ColumnOptions are internal; Transforms.Expression (public) needs the
-        // TransformsCatalog, which mlContext.Transforms.Text does not expose.
-        const BindingFlags Any = BindingFlags.Instance | BindingFlags.NonPublic | BindingFlags.Public;
-        var optionsType = typeof(ExpressionEstimator).GetNestedType("ColumnOptions", BindingFlags.NonPublic | BindingFlags.Public)
-            ?? throw new InvalidOperationException("ExpressionEstimator.ColumnOptions not found (ML.NET internals changed).");
-        var column = Activator.CreateInstance(optionsType, Any, null, new object[] { outputColumnName, inputColumnNames.ToArray(), expression }, CultureInfo.InvariantCulture)!;
-        var columns = Array.CreateInstance(optionsType, 1);
-        columns.SetValue(column, 0);
-        var expressionEstimator = (ExpressionEstimator)Activator.CreateInstance(typeof(ExpressionEstimator), Any, null, new object[] { env, columns }, CultureInfo.InvariantCulture)!;
+        var expressionEstimator = Lora.MLNet.ExpressionEstimators.Create(catalog, outputColumnName, inputColumnNames.ToArray(),
+            Expression(separator, inputColumnNames.Length));
         return new LoraConcatenateTextEstimator(expressionEstimator, inputColumnNames.ToArray());
     }
 
@@ -86,15 +75,6 @@ public static class LoraTextCatalogExtensions
             }
         }
         return sb.Append('"').ToString();
-    }
-
-    // TransformsCatalog.TextTransforms keeps its IHostEnvironment in an internal property (IInternalCatalog.Environment).
-    private static IHostEnvironment EnvironmentOf(TransformsCatalog.TextTransforms catalog)
-    {
-        var property = catalog.GetType().GetProperties(BindingFlags.Instance | BindingFlags.NonPublic | BindingFlags.Public)
-            .FirstOrDefault(p => typeof(IHostEnvironment).IsAssignableFrom(p.PropertyType))
-            ?? throw new InvalidOperationException("Cannot find the environment of mlContext.Transforms.Text (ML.NET internals changed).");
-        return (IHostEnvironment)property.GetValue(catalog)!;
     }
 }
 
