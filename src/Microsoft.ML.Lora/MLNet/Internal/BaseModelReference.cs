@@ -1,6 +1,7 @@
 using System.Collections.Concurrent;
 using System.Security.Cryptography;
 using System.Text;
+using System.Text.Json;
 
 namespace Microsoft.ML.Lora.MLNet;
 
@@ -61,5 +62,20 @@ internal sealed record BaseModelReference(string Folder, string Fingerprint)
         string fingerprint = "sha256:" + Convert.ToHexString(sha.GetHashAndReset()).ToLowerInvariant();
         Cache[folder] = (stamp, fingerprint);
         return fingerprint;
+    }
+
+    private const string FileName = "BaseModel.json";
+    private static readonly JsonSerializerOptions Json = new() { WriteIndented = true };
+
+    /// <summary>Writes BaseModel.json into the transformer's folder of a model zip.</summary>
+    public void Save(ModelSaveContext ctx) => ctx.SaveTextStream(FileName, w => w.Write(JsonSerializer.Serialize(this, Json)));
+
+    /// <summary>Reads BaseModel.json from a model zip; <paramref name="owner"/> names the transformer in errors. Not verified.</summary>
+    public static BaseModelReference Load(ModelLoadContext ctx, string owner)
+    {
+        string? text = null;
+        if (!ctx.TryLoadTextStream(FileName, r => text = r.ReadToEnd()) || text == null)
+            throw new InvalidDataException($"'{FileName}' is missing from the {owner} model.");
+        return JsonSerializer.Deserialize<BaseModelReference>(text, Json) ?? throw new InvalidDataException($"{FileName} of {owner} is empty.");
     }
 }

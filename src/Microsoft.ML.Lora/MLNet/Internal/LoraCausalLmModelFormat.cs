@@ -59,7 +59,7 @@ internal static class LoraCausalLmModelFormat
                 ctx.Writer.Write(name!);
 
             ctx.SaveTextStream("Options.json", w => w.Write(JsonSerializer.Serialize(transformer.Options, Json)));
-            ctx.SaveTextStream("BaseModel.json", w => w.Write(JsonSerializer.Serialize(transformer.BaseModel, Json)));
+            transformer.BaseModel.Save(ctx);
             foreach (var name in files)
             {
                 ctx.SaveBinaryStream(AdapterPrefix + name, w =>
@@ -97,8 +97,7 @@ internal static class LoraCausalLmModelFormat
 
         var options = JsonSerializer.Deserialize<LoraCausalLmOptions>(LoadText(ctx, "Options.json"), Json)
             ?? throw new InvalidDataException($"Options.json of {UserName} is empty.");
-        var baseModel = JsonSerializer.Deserialize<BaseModelReference>(LoadText(ctx, "BaseModel.json"), Json)
-            ?? throw new InvalidDataException($"BaseModel.json of {UserName} is empty.");
+        var baseModel = BaseModelReference.Load(ctx, UserName);
         options.BaseModelFolder = baseModel.Folder;
         baseModel.Verify();
 

@@ -1,4 +1,3 @@
-using System.Text.Json;
 using Microsoft.ML;
 using Microsoft.ML.Lora;
 using Microsoft.ML.Lora.MLNet;
@@ -18,7 +17,6 @@ internal static class LoraTokenizeModelFormat
 {
     public const string LoaderSignature = "LoraTokenizeTransformer";
     public const string UserName = "LoRA Tokenize Transformer";
-    private static readonly JsonSerializerOptions Json = new() { WriteIndented = true };
 
     private static VersionInfo GetVersionInfo() => new(
         modelSignature: "LORATOKT",
@@ -43,7 +41,7 @@ internal static class LoraTokenizeModelFormat
         ctx.Writer.Write(transformer.OutputColumnName);
         ctx.Writer.Write(transformer.InputColumnName);
         ctx.Writer.Write(transformer.AddSpecialTokens);
-        ctx.SaveTextStream("BaseModel.json", w => w.Write(JsonSerializer.Serialize(transformer.BaseModel, Json)));
+        transformer.BaseModel.Save(ctx);
     }
 
     // Found by ML.NET through the LoadableClass entry above.
@@ -56,11 +54,7 @@ internal static class LoraTokenizeModelFormat
         string output = ctx.Reader.ReadString();
         string input = ctx.Reader.ReadString();
         bool addSpecialTokens = ctx.Reader.ReadBoolean();
-        string? text = null;
-        if (!ctx.TryLoadTextStream("BaseModel.json", r => text = r.ReadToEnd()) || text == null)
-            throw new InvalidDataException($"'BaseModel.json' is missing from the {UserName} model.");
-        var baseModel = JsonSerializer.Deserialize<BaseModelReference>(text, Json)
-            ?? throw new InvalidDataException($"BaseModel.json of {UserName} is empty.");
+        var baseModel = BaseModelReference.Load(ctx, UserName);
         baseModel.Verify();
         return new LoraTokenizeTransformer(env, baseModel, output, input, addSpecialTokens);
     }
