@@ -78,7 +78,7 @@ public sealed class LoraCausalLmOptions
     /// <summary>Device of the model: "cpu", "cuda" or "cuda:N". Default "cpu".</summary>
     public string Device { get; set; } = "cpu";
 
-    /// <summary>Type of the base weights: "float32", "bfloat16" or "float16" (the adapter trains in the same type). Default "float32".</summary>
+    /// <summary>Type of the base weights: "float32", "bfloat16" or "float16" (the LoRA weights stay float32 over a half-precision base, as PEFT's autocast_adapter_dtype). Default "float32".</summary>
     public string DType { get; set; } = "float32";
 
     /// <summary>Shape of the LoRA adapter. Default: <see cref="LoraAdapterOptions"/>'s defaults.</summary>

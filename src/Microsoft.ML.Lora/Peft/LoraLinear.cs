@@ -50,14 +50,18 @@ internal sealed class LoraLinear : nn.Module<Tensor, Tensor>, ILinear
     public Parameter LoraB(string adapter) => lora_B.Items[adapter].weight!;
     public double Scaling(string adapter) => _scaling[adapter];
 
-    /// <summary>Adds adapter <paramref name="name"/> initialised as PEFT's <c>reset_lora_parameters</c>.</summary>
-    public void AddAdapter(string name, LoraConfig config)
+    /// <summary>
+    /// Adds adapter <paramref name="name"/> initialised as PEFT's <c>reset_lora_parameters</c>; in float32 over a
+    /// half-precision base when <paramref name="autocastAdapterDtype"/> (PEFT's autocast_adapter_dtype).
+    /// </summary>
+    public void AddAdapter(string name, LoraConfig config, bool autocastAdapterDtype = true)
     {
         config.Validate();
         if (lora_A.Items.ContainsKey(name)) throw new ArgumentException($"Adapter '{name}' already exists on this layer.");
         var w = Base.weight;
-        var a = nn.Linear(InFeatures, config.R, hasBias: false, device: w.device, dtype: w.dtype);
-        var b = nn.Linear(config.R, OutFeatures, hasBias: false, device: w.device, dtype: w.dtype);
+        var dtype = autocastAdapterDtype && w.dtype is ScalarType.BFloat16 or ScalarType.Float16 ? ScalarType.Float32 : w.dtype;
+        var a = nn.Linear(InFeatures, config.R, hasBias: false, device: w.device, dtype: dtype);
+        var b = nn.Linear(config.R, OutFeatures, hasBias: false, device: w.device, dtype: dtype);
         using (no_grad())
         {
             switch (config.InitLoraWeights)
@@ -111,7 +115,10 @@ internal sealed class LoraLinear : nn.Module<Tensor, Tensor>, ILinear
         using var ax = a.forward(dx.to(a.weight!.dtype));
         using var bax = b.forward(ax);
         using var scaled = bax.mul(_scaling[ActiveAdapter]);
-        return result.add_(scaled.to(result.dtype));
+        if (scaled.dtype == result.dtype) return result.add_(scaled);
+        // A float32 adapter over a half-precision base: add in float32, round once (PEFT's torch_result_dtype cast).
+        using var sum = result.to(scaled.dtype).add_(scaled);
+        return sum.to(result.dtype);
     }
 
     /// <summary>Adds the adapter's update into the base weight (PEFT's merge); forward then skips the adapter.</summary>

@@ -59,8 +59,12 @@ internal sealed class LoraModel
         return selected;
     }
 
-    /// <summary>Wraps the targets of <paramref name="config"/> and freezes the rest (get_peft_model).</summary>
-    public static LoraModel Apply(CausalLm model, LoraConfig config, string adapterName = "default")
+    /// <summary>
+    /// Wraps the targets of <paramref name="config"/> and freezes the rest (get_peft_model). With
+    /// <paramref name="autocastAdapterDtype"/> (PEFT's default) the adapter weights of a bfloat16 or float16 model are
+    /// float32, so the optimizer updates full-precision weights while the base stays in half precision.
+    /// </summary>
+    public static LoraModel Apply(CausalLm model, LoraConfig config, string adapterName = "default", bool autocastAdapterDtype = true)
     {
         var linears = LinearModules(model);
         var targets = SelectTargets(linears.Select(l => l.Path), config, model.Config.ModelType);
@@ -77,7 +81,7 @@ internal sealed class LoraModel
             var original = (nn.Module<Tensor, Tensor>)ModuleSurgery.Get(model, path);
             var wrapper = new LoraLinear(original);
             ModuleSurgery.Replace(model, path, wrapper);
-            wrapper.AddAdapter(adapterName, config);
+            wrapper.AddAdapter(adapterName, config, autocastAdapterDtype);
             layers[path] = wrapper;
         }
         var lm = new LoraModel(model, layers, adapterName);
@@ -88,11 +92,11 @@ internal sealed class LoraModel
     }
 
     /// <summary>Adds another adapter on the same targets (not active until <see cref="SetAdapter"/>).</summary>
-    public void AddAdapter(string name, LoraConfig config)
+    public void AddAdapter(string name, LoraConfig config, bool autocastAdapterDtype = true)
     {
         if (_configs.ContainsKey(name)) throw new ArgumentException($"Adapter '{name}' already exists.");
         config = config with { FanInFanOut = config.FanInFanOut || Layers.Values.Any(l => l.FanInFanOut) };
-        foreach (var l in Layers.Values) { var active = l.ActiveAdapter; l.AddAdapter(name, config); l.ActiveAdapter = active; }
+        foreach (var l in Layers.Values) { var active = l.ActiveAdapter; l.AddAdapter(name, config, autocastAdapterDtype); l.ActiveAdapter = active; }
         _configs[name] = config;
         WrapModulesToSave(name);
         SetTrainable(ActiveAdapter);

@@ -80,7 +80,10 @@ public class FixtureLoraTests(ITestOutputHelper output)
         using var scope = NewDisposeScope();
         var model = ModelLoader.Load(Fixtures.Model(arch), new ModelLoadOptions { DType = ScalarType.BFloat16 });
         var lm = PeftAdapterIO.Load(model, Path.Combine(Fixtures.Model(arch), "lora", "adapter_init"));
-        lm.Layers.Values.All(l => l.LoraA("default").dtype == ScalarType.BFloat16).Should().BeTrue();
+        // PEFT's autocast_adapter_dtype: float32 adapter weights over the bfloat16 base.
+        lm.Layers.Values.All(l => l.LoraA("default").dtype == ScalarType.Float32 && l.LoraB("default").dtype == ScalarType.Float32).Should().BeTrue();
+        lm.Layers.Values.All(l => l.weight.dtype == ScalarType.BFloat16).Should().BeTrue();
+        using var base0 = lm.Layers.Values.First().weight.detach().clone();
         var inputs = Inputs(arch);
         using var batch = new Batch(Ids(inputs, "train_input_ids"), Ids(inputs, "train_attention_mask"), Ids(inputs, "train_labels_full"), 0);
         var trainer = new LoraTrainer(lm, new TrainingOptions { LearningRate = 1e-2, WeightDecay = 0, MaxGradNorm = 0, LrScheduler = LrSchedulerType.Constant, MaxSteps = 3 });
@@ -88,6 +91,19 @@ public class FixtureLoraTests(ITestOutputHelper output)
         output.WriteLine($"{arch} bf16 losses [{string.Join(", ", losses.Select(x => x.ToString("F4")))}]");
         losses.All(double.IsFinite).Should().BeTrue();
         losses.Should().BeInDescendingOrder();
+        lm.Layers.Values.First().weight.allclose(base0, 0, 0).Should().BeTrue("the base stays frozen");
+    }
+
+    [Fact]
+    public void Adapters_keep_the_base_dtype_without_autocast()
+    {
+        using var scope = NewDisposeScope();
+        var model = ModelLoader.Load(Fixtures.Model("llama"), new ModelLoadOptions { DType = ScalarType.BFloat16 });
+        var lm = LoraModel.Apply(model, new LoraConfig(), autocastAdapterDtype: false);
+        lm.Layers.Values.All(l => l.LoraA("default").dtype == ScalarType.BFloat16).Should().BeTrue();
+        using var ids = tensor(new long[] { 1, 5, 9, 3 }).unsqueeze(0);
+        using var _ = no_grad();
+        lm.Model.Forward(ids).isfinite().all().item<bool>().Should().BeTrue();
     }
 
     [Theory]
