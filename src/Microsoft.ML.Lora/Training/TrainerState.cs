@@ -12,6 +12,9 @@ internal sealed record TrainerState
     public int Seed { get; init; }
     public int Truncated { get; init; }
     public List<double> LossHistory { get; init; } = [];
+    /// <summary>Loss scale and good steps since its last change (float16 models only).</summary>
+    public double? LossScale { get; init; }
+    public int LossScaleGoodSteps { get; init; }
 
     public const string FileName = "trainer_state.json";
 

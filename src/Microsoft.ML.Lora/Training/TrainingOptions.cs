@@ -69,6 +69,8 @@ public sealed record TrainingOptions
     public bool AppendEos { get; init; } = true;
     /// <summary>Train on prompt tokens too (default false: the prompt is masked with -100).</summary>
     public bool TrainOnPrompt { get; init; }
+    /// <summary>First loss scale of float16 models (dynamic loss scaling as PyTorch's GradScaler; default 65536). Unused otherwise.</summary>
+    public double InitialLossScale { get; init; } = 65536;
 
     internal void Validate()
     {
@@ -77,6 +79,7 @@ public sealed record TrainingOptions
         if (GradientAccumulationSteps <= 0) throw new ArgumentException($"TrainingOptions.GradientAccumulationSteps must be positive, got {GradientAccumulationSteps}.");
         if (MaxSteps <= 0 && NumEpochs <= 0) throw new ArgumentException("Set TrainingOptions.MaxSteps or a positive NumEpochs.");
         if (WarmupRatio is < 0 or > 1) throw new ArgumentException($"TrainingOptions.WarmupRatio must be in [0, 1], got {WarmupRatio}.");
+        if (!(InitialLossScale > 0) || double.IsInfinity(InitialLossScale)) throw new ArgumentException($"TrainingOptions.InitialLossScale must be positive and finite, got {InitialLossScale}.");
         if (SaveSteps > 0 && string.IsNullOrEmpty(OutputDir)) throw new ArgumentException("TrainingOptions.SaveSteps needs an OutputDir.");
     }
 }

@@ -94,6 +94,50 @@ public class FixtureLoraTests(ITestOutputHelper output)
         lm.Layers.Values.First().weight.allclose(base0, 0, 0).Should().BeTrue("the base stays frozen");
     }
 
+    /// <summary>float16 base, float32 adapters, dynamic loss scaling (PyTorch's GradScaler): trains with the default scale.</summary>
+    [Fact]
+    public void Lora_on_a_float16_model_trains_with_loss_scaling()
+    {
+        using var scope = NewDisposeScope();
+        var (lm, batch) = Float16Llama();
+        var trainer = new LoraTrainer(lm, new TrainingOptions { LearningRate = 1e-2, MaxGradNorm = 0, MaxSteps = 3 });
+        var losses = Enumerable.Range(0, 3).Select(_ => trainer.Step([batch], 1e-2)).ToArray();
+        output.WriteLine($"fp16 losses [{string.Join(", ", losses.Select(x => x.ToString("F4")))}], scale {trainer.Scaler!.Scale}");
+        losses.Should().BeInDescendingOrder();
+        trainer.Scaler.SkippedSteps.Should().Be(0);
+        trainer.Scaler.Scale.Should().Be(65536);
+    }
+
+    /// <summary>A scale so large that the gradients overflow: the step is skipped, nothing moves, the scale halves and is checkpointed.</summary>
+    [Fact]
+    public void Overflowing_float16_step_is_skipped_and_the_scale_halved()
+    {
+        using var scope = NewDisposeScope();
+        using var temp = new TempFolder();
+        var (lm, batch) = Float16Llama();
+        var options = new TrainingOptions { LearningRate = 1e-2, MaxSteps = 3, InitialLossScale = 1e38 };
+        var trainer = new LoraTrainer(lm, options);
+        using var a0 = lm.Layers.Values.First().LoraA("default").detach().clone();
+        trainer.Step([batch], 1e-2);
+        trainer.Scaler!.SkippedSteps.Should().Be(1);
+        trainer.Scaler.Scale.Should().Be(5e37);
+        lm.Layers.Values.First().LoraA("default").allclose(a0, 0, 0).Should().BeTrue("a skipped step leaves the adapter as it was");
+
+        trainer.SaveCheckpoint(temp.Path, totalSteps: 3);
+        var (lm2, _) = Float16Llama();
+        var resumed = new LoraTrainer(lm2, options);
+        resumed.Resume(temp.Path, expectedTotalSteps: 3);
+        resumed.Scaler!.Scale.Should().Be(5e37);
+    }
+
+    private (LoraModel Lm, Batch Batch) Float16Llama()
+    {
+        var model = ModelLoader.Load(Fixtures.Model("llama"), new ModelLoadOptions { DType = ScalarType.Float16 });
+        var lm = PeftAdapterIO.Load(model, Path.Combine(Fixtures.Model("llama"), "lora", "adapter_init"));
+        var inputs = Inputs("llama");
+        return (lm, new Batch(Ids(inputs, "train_input_ids"), Ids(inputs, "train_attention_mask"), Ids(inputs, "train_labels_full"), 0));
+    }
+
     [Fact]
     public void Adapters_keep_the_base_dtype_without_autocast()
     {
