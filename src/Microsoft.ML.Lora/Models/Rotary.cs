@@ -1,0 +1,128 @@
+using System.Text.Json.Nodes;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Microsoft.ML.Lora.Models;
+
+/// <summary>
+/// Rotary position embeddings as transformers 4.57 computes them (modeling_rope_utils.py; float32 angles): the inverse
+/// frequencies of rope_scaling's type (default, linear, dynamic, yarn, llama3) and the factor cos and sin are multiplied by.
+/// </summary>
+internal static class Rotary
+{
+    public static readonly IReadOnlyList<string> SupportedTypes = ["default", "linear", "dynamic", "yarn", "llama3"];
+
+    /// <summary>rope_scaling's type; like transformers' config, the older key <c>type</c> wins over <c>rope_type</c>.</summary>
+    public static string RopeType(ModelConfig c) =>
+        c.RopeScaling?["type"]?.GetValue<string>() ?? c.RopeScaling?["rope_type"]?.GetValue<string>() ?? "default";
+
+    public static float[] InverseFrequencies(ModelConfig c, long? seqLen = null) => Parameters(c, seqLen).InvFreq;
+
+    /// <summary>
+    /// Inverse frequencies and attention scaling (yarn's attention factor, 1 otherwise). <paramref name="seqLen"/> is
+    /// the current length for dynamic NTK; null means max_position_embeddings, as at initialisation.
+    /// </summary>
+    public static (float[] InvFreq, double AttentionScaling) Parameters(ModelConfig c, long? seqLen = null)
+    {
+        int dim = c.HeadDim;
+        double[] Plain(double theta) => [.. Enumerable.Range(0, dim / 2).Select(i => 1.0 / Math.Pow(theta, 2.0 * i / dim))];
+        var scaling = c.RopeScaling;
+        double Get(string name, double fallback) => Number(scaling?[name]) ?? fallback;
+        double Factor() => Get("factor", double.NaN) is var f && !double.IsNaN(f) ? f
+            : throw new InvalidDataException($"rope_scaling type '{RopeType(c)}' needs a 'factor'.");
+        double MaxPositions() => c.MaxPositionEmbeddings > 0 ? c.MaxPositionEmbeddings
+            : throw new InvalidDataException($"rope_scaling type '{RopeType(c)}' needs max_position_embeddings.");
+
+        var inv = Plain(c.RopeTheta);
+        double attentionScaling = 1;
+        string type = RopeType(c);
+        switch (type)
+        {
+            case "default":
+                break;
+            case "linear":
+                inv = [.. inv.Select(f => f / Get("factor", 1))];
+                break;
+            case "dynamic":
+            {
+                // transformers 4.57 scales against config.max_position_embeddings (rope_scaling's
+                // original_max_position_embeddings is still a TODO there); at or below it this is plain rope.
+                double factor = Factor(), max = MaxPositions(), len = Math.Max(seqLen ?? 0, max);
+                inv = Plain(c.RopeTheta * Math.Pow(factor * len / max - (factor - 1), dim / (dim - 2.0)));
+                break;
+            }
+            case "yarn":
+                (inv, attentionScaling) = Yarn(inv, dim, c.RopeTheta, Factor(),
+                    Get("original_max_position_embeddings", 0) is > 0 and var o ? o : MaxPositions(), scaling!);
+                break;
+            case "llama3":
+            {
+                double factor = Get("factor", 8), low = Get("low_freq_factor", 1), high = Get("high_freq_factor", 4);
+                double oldContext = Get("original_max_position_embeddings", 8192);
+                double lowWavelen = oldContext / low, highWavelen = oldContext / high;
+                inv = [.. inv.Select(f =>
+                {
+                    double wavelen = 2 * Math.PI / f;
+                    if (wavelen < highWavelen) return f;
+                    if (wavelen > lowWavelen) return f / factor;
+                    double smooth = (oldContext / wavelen - low) / (high - low);
+                    return (1 - smooth) * f / factor + smooth * f;
+                })];
+                break;
+            }
+            default:
+                throw new NotSupportedException($"rope_scaling type '{type}' is not supported (supported: {string.Join(", ", SupportedTypes)}).");
+        }
+        return ([.. inv.Select(f => (float)f)], attentionScaling);
+    }
+
+    // Via the JSON text: a JsonValue made from an int in code does not convert to double.
+    private static double? Number(JsonNode? n) => n is JsonValue v && v.GetValueKind() == System.Text.Json.JsonValueKind.Number
+        ? double.Parse(v.ToJsonString(), System.Globalization.CultureInfo.InvariantCulture) : null;
+
+    /// <summary>
+    /// YaRN: high frequencies (more than beta_fast rotations over the original context) kept, low ones (fewer than
+    /// beta_slow) divided by factor, a linear ramp over the dimensions in between.
+    /// </summary>
+    private static (double[] InvFreq, double AttentionFactor) Yarn(double[] inv, int dim, double theta, double factor, double originalMax, JsonObject s)
+    {
+        double? Opt(string name) => Number(s[name]);
+        static double MScale(double scale, double m = 1) => scale <= 1 ? 1 : 0.1 * m * Math.Log(scale) + 1;
+        // Python's `get(...) or default`: 0 counts as absent.
+        double betaFast = Opt("beta_fast") is { } bf and not 0 ? bf : 32, betaSlow = Opt("beta_slow") is { } bs and not 0 ? bs : 1;
+        double attention = Opt("attention_factor")
+            ?? (Opt("mscale") is { } m and not 0 && Opt("mscale_all_dim") is { } mAll and not 0
+                ? MScale(factor, m) / MScale(factor, mAll)
+                : MScale(factor));
+        bool truncate = s["truncate"] is not JsonValue t || t.GetValue<bool>();
+
+        double CorrectionDim(double rotations) => dim * Math.Log(originalMax / (rotations * 2 * Math.PI)) / (2 * Math.Log(theta));
+        double low = CorrectionDim(betaFast), high = CorrectionDim(betaSlow);
+        if (truncate) (low, high) = (Math.Floor(low), Math.Ceiling(high));
+        (low, high) = (Math.Max(low, 0), Math.Min(high, dim - 1));
+        if (low == high) high += 0.001;
+
+        var blended = inv.Select((f, i) =>
+        {
+            double extrapolation = 1 - Math.Clamp((i - low) / (high - low), 0, 1);
+            return f / factor * (1 - extrapolation) + f * extrapolation;
+        });
+        return ([.. blended], attention);
+    }
+
+    /// <summary>cos and sin [B, 1, T, D] in float32 for position ids [B, T], times the attention scaling.</summary>
+    public static (Tensor cos, Tensor sin) CosSin(float[] invFreq, Tensor positionIds, double attentionScaling = 1)
+    {
+        var freq = tensor(invFreq, device: positionIds.device);
+        var angles = positionIds.to_type(ScalarType.Float32).unsqueeze(-1) * freq; // [B, T, D/2]
+        var emb = cat([angles, angles], -1).unsqueeze(1);
+        return attentionScaling == 1 ? (emb.cos(), emb.sin()) : (emb.cos() * attentionScaling, emb.sin() * attentionScaling);
+    }
+
+    public static Tensor Apply(Tensor x, Tensor cos, Tensor sin)
+    {
+        long half = x.shape[^1] / 2;
+        var rotated = cat([-x[.., .., .., (int)half..], x[.., .., .., ..(int)half]], -1);
+        return x * cos + rotated * sin;
+    }
+}
