@@ -4,10 +4,10 @@ using Microsoft.ML.Transforms;
 
 namespace Microsoft.ML;
 
-/// <summary>Adds <see cref="ConcatenateText"/> to <c>mlContext.Transforms.Text</c>.</summary>
+/// <summary>Adds <c>ConcatenateText</c> to <c>mlContext.Transforms.Text</c>.</summary>
 public static class LoraTextCatalogExtensions
 {
-    /// <summary>Most input columns that <see cref="ConcatenateText"/> joins (the limit of ML.NET's Expression transform).</summary>
+    /// <summary>Most input columns that <c>ConcatenateText</c> joins (the limit of ML.NET's Expression transform).</summary>
     public const int MaxInputColumns = 5;
 
     /// <summary>
@@ -24,10 +24,28 @@ public static class LoraTextCatalogExtensions
     /// <param name="inputColumnNames">One to <see cref="MaxInputColumns"/> scalar text columns, in order.</param>
     public static LoraConcatenateTextEstimator ConcatenateText(this TransformsCatalog.TextTransforms catalog, string outputColumnName, string separator,
         params string[] inputColumnNames)
+        => ConcatenateText(catalog, outputColumnName, inputColumnNames, separator);
+
+    /// <summary>
+    /// Joins scalar text columns into one scalar text column between a fixed prefix and suffix:
+    /// <c>prefix + input0 + separator + input1 + ... + suffix</c>, e.g. a prompt template around one column:
+    /// <c>ConcatenateText("Prompt", ["Quote"], suffix: " -&gt;: ")</c> gives <c>quote + " -&gt;: "</c>.
+    /// Otherwise as <see cref="ConcatenateText(TransformsCatalog.TextTransforms, string, string, string[])"/>.
+    /// </summary>
+    /// <param name="catalog">The text transforms catalog, <c>mlContext.Transforms.Text</c>.</param>
+    /// <param name="outputColumnName">Scalar text column added.</param>
+    /// <param name="inputColumnNames">One to <see cref="MaxInputColumns"/> scalar text columns, in order.</param>
+    /// <param name="separator">Text put between consecutive inputs; may be empty. Any characters.</param>
+    /// <param name="prefix">Text put before the first input; may be empty. Any characters.</param>
+    /// <param name="suffix">Text put after the last input; may be empty. Any characters.</param>
+    public static LoraConcatenateTextEstimator ConcatenateText(this TransformsCatalog.TextTransforms catalog, string outputColumnName,
+        string[] inputColumnNames, string separator = "", string prefix = "", string suffix = "")
     {
         ArgumentNullException.ThrowIfNull(catalog);
         ArgumentException.ThrowIfNullOrEmpty(outputColumnName);
         ArgumentNullException.ThrowIfNull(separator);
+        ArgumentNullException.ThrowIfNull(prefix);
+        ArgumentNullException.ThrowIfNull(suffix);
         ArgumentNullException.ThrowIfNull(inputColumnNames);
         if (inputColumnNames.Length is 0 or > MaxInputColumns)
             throw new ArgumentOutOfRangeException(nameof(inputColumnNames), $"ConcatenateText joins 1 to {MaxInputColumns} text columns, got {inputColumnNames.Length}.");
@@ -36,22 +54,27 @@ public static class LoraTextCatalogExtensions
                 throw new ArgumentException($"Input column name {i} of ConcatenateText is empty.", nameof(inputColumnNames));
 
         var expressionEstimator = Lora.MLNet.ExpressionEstimators.Create(catalog, outputColumnName, inputColumnNames.ToArray(),
-            Expression(separator, inputColumnNames.Length));
+            Expression(separator, inputColumnNames.Length, prefix, suffix));
         return new LoraConcatenateTextEstimator(expressionEstimator, inputColumnNames.ToArray());
     }
 
-    /// <summary><c>(x0, x1) =&gt; concat(x0, "sep", x1)</c>; a single input is <c>x0 =&gt; concat(x0)</c> (text stays text).</summary>
-    internal static string Expression(string separator, int count)
+    /// <summary>
+    /// <c>(x0, x1) =&gt; concat(x0, "sep", x1)</c>; a single input is <c>x0 =&gt; concat(x0)</c> (text stays text); a
+    /// non-empty prefix or suffix is a first or last literal: <c>x0 =&gt; concat(x0, " -&gt;: ")</c>.
+    /// </summary>
+    internal static string Expression(string separator, int count, string prefix = "", string suffix = "")
     {
         var parameters = Enumerable.Range(0, count).Select(i => "x" + i.ToString(CultureInfo.InvariantCulture)).ToList();
         string literal = Literal(separator);
         var args = new StringBuilder();
+        if (prefix.Length > 0) args.Append(Literal(prefix)).Append(", ");
         for (int i = 0; i < count; i++)
         {
             if (i > 0 && separator.Length > 0) args.Append(", ").Append(literal);
             if (i > 0) args.Append(", ");
             args.Append(parameters[i]);
         }
+        if (suffix.Length > 0) args.Append(", ").Append(Literal(suffix));
         return $"({string.Join(", ", parameters)}) => concat({args})";
     }
 

@@ -1,10 +1,11 @@
 // QuoteTagger: LoRA fine-tuning of a causal LM inside an ML.NET pipeline. Reads quotes with their tags, trains an
 // adapter to complete "quote ->: " with "tag1, tag2, tag3", charts the loss, tags new quotes and saves an adapter-only model.
+// The pipeline: ConcatenateText (prompt) -> Tokenize (prompt, completion) -> Lora().CausalLm on the token id columns.
 //
 //   dotnet run -c Release --project src/Samples/QuoteTagger [-- --base-model <folder>] [--out <folder>]
 //
 // Without --base-model a tiny BLOOM with random weights and a byte-level tokenizer is created in a cache folder: it
-// runs in about two minutes on two CPU cores, but an untrained base of that size only produces toy tags.
+// runs in about half a minute on two CPU cores, but an untrained base of that size only produces toy tags.
 using System.Diagnostics;
 using System.Globalization;
 using System.Text.Json;
@@ -47,11 +48,13 @@ if (tiny)
 baseModel = Path.GetFullPath(baseModel!);
 Console.WriteLine($"base model: {baseModel}");
 
-// Data: one JSON object per line, {"quote": "...", "tags": ["...", ...]}.
+// Data: one JSON object per line, {"quote": "...", "tags": ["...", ...]}; the tags become one text, "tag1, tag2, tag3".
 string dataFile = Path.Combine(AppContext.BaseDirectory, "Data", "quotes.jsonl");
+var json = new JsonSerializerOptions { PropertyNameCaseInsensitive = true };
 var quotes = File.ReadLines(dataFile)
     .Where(l => l.Trim().Length > 0)
-    .Select(l => JsonSerializer.Deserialize<QuoteRecord>(l, new JsonSerializerOptions { PropertyNameCaseInsensitive = true })!)
+    .Select(l => JsonSerializer.Deserialize<QuoteJson>(l, json)!)
+    .Select(q => new QuoteData { Quote = q.Quote, Tags = string.Join(", ", q.Tags) })
     .ToList();
 Console.WriteLine($"dataset: {quotes.Count} quotes from {dataFile}");
 
@@ -79,9 +82,9 @@ ml.Log += (_, e) =>
 var options = new LoraCausalLmOptions
 {
     BaseModelFolder = baseModel,
-    PromptColumnName = "Prompt",
-    CompletionColumnName = "Completion",
-    OutputColumnName = "GeneratedTags",
+    PromptTokensColumnName = "PromptIds",         // token ids of "quote ->: "
+    CompletionTokensColumnName = "CompletionIds", // token ids of "tag1, tag2, tag3" (read only by Fit)
+    OutputColumnName = "GeneratedTags",           // text generated for each prompt
     Seed = 0,
     Lora = tiny
         ? new LoraAdapterOptions { Rank = 16, Alpha = 32, Dropout = 0f, TargetModules = ["all-linear"] }
@@ -92,14 +95,15 @@ var options = new LoraCausalLmOptions
     Generation = { MaxNewTokens = 24, BatchSize = 8 },
 };
 
-// Prompt "quote ->: " (Expression, saved with the model) and completion "tag1, tag2" (used only for training).
-var prompt = ml.Transforms.Expression("Prompt", "q => concat(q, \" ->: \")", "Quote");
-var completion = ml.Transforms.CustomMapping<QuoteRecord, CompletionColumn>(
-    (input, output) => output.Completion = string.Join(", ", input.Tags), contractName: null);
-var pipeline = prompt.Append(completion).Append(ml.Lora().CausalLm(options));
+// Prompt "quote ->: ", tokenized with the base model's tokenizer (with its special tokens, as a prompt); completion
+// "tag1, tag2, tag3" tokenized without them (the trainer appends EOS); LoRA fine-tuning on the two token id columns.
+var pipeline = ml.Transforms.Text.ConcatenateText("Prompt", ["Quote"], suffix: " ->: ")
+    .Append(ml.Lora().Tokenize(baseModel, "PromptIds", "Prompt"))
+    .Append(ml.Lora().Tokenize(baseModel, "CompletionIds", "Tags", addSpecialTokens: false))
+    .Append(ml.Lora().CausalLm(options));
 
 Console.WriteLine($"fine-tuning: {options.Training.Epochs} epochs, batch {options.Training.BatchSize}, lr {options.Training.LearningRate}, r {options.Lora.Rank}");
-var trained = pipeline.Fit(data);
+var model = pipeline.Fit(data);
 progress.Complete();
 if (losses.Count > 0)
     Console.WriteLine(FormattableString.Invariant($"loss: {losses[0].loss:F3} at step {losses[0].step} -> {losses[^1].loss:F3} at step {losses[^1].step}"));
@@ -108,15 +112,13 @@ string chart = Path.Combine(outputDirectory, "loss.png");
 LossChart.WritePng(chart, losses, "quote tagger LoRA: training loss");
 Console.WriteLine($"wrote {chart}");
 
-// The model to keep: prompt template + LoRA transformer (the completion mapping only fed the training).
-var transformers = trained.ToList();
-var model = new TransformerChain<ITransformer>(transformers[0], transformers[^1]);
+// Tag new quotes: a prediction reads only the quote (Tags stays empty; its token ids feed only the training).
 string[] newQuotes = ["The world is your oyster.", "So many books, so little time.", "Training models with PEFT and LoRA is cool."];
 var tags = new List<string>();
-using (var engine = ml.Model.CreatePredictionEngine<QuoteInput, TaggedQuote>(model))
+using (var engine = ml.Model.CreatePredictionEngine<QuoteData, TagPrediction>(model))
     foreach (var q in newQuotes)
     {
-        string t = engine.Predict(new QuoteInput { Quote = q }).GeneratedTags;
+        string t = engine.Predict(new QuoteData { Quote = q }).GeneratedTags;
         tags.Add(t);
         Console.WriteLine($"{q} ->: {t}");
     }
@@ -133,33 +135,28 @@ Console.WriteLine(FormattableString.Invariant(
 // Reload in a fresh context: same tags.
 var ml2 = new MLContext(seed: 1);
 var loaded = ml2.Model.Load(zip, out _);
-using (var engine = ml2.Model.CreatePredictionEngine<QuoteInput, TaggedQuote>(loaded))
+using (var engine = ml2.Model.CreatePredictionEngine<QuoteData, TagPrediction>(loaded))
 {
-    bool same = newQuotes.Select(q => engine.Predict(new QuoteInput { Quote = q }).GeneratedTags).SequenceEqual(tags);
+    bool same = newQuotes.Select(q => engine.Predict(new QuoteData { Quote = q }).GeneratedTags).SequenceEqual(tags);
     Console.WriteLine($"reloaded model gives the same tags: {(same ? "yes" : "NO")}");
 }
 (loaded as IDisposable)?.Dispose();
-(trained as IDisposable)?.Dispose();
+model.Dispose();
 Console.WriteLine(FormattableString.Invariant($"done in {clock.Elapsed.TotalSeconds:F0} s"));
 return 0;
 
-internal sealed class QuoteRecord
+/// <summary>A line of quotes.jsonl.</summary>
+internal sealed record QuoteJson(string Quote, string[] Tags);
+
+/// <summary>A row of the pipeline: the quote, and its tags ("tag1, tag2, tag3") when training.</summary>
+internal sealed class QuoteData
 {
     public string Quote { get; set; } = "";
-    public string[] Tags { get; set; } = [];
+    public string Tags { get; set; } = "";
 }
 
-internal sealed class CompletionColumn
-{
-    public string Completion { get; set; } = "";
-}
-
-internal sealed class QuoteInput
-{
-    public string Quote { get; set; } = "";
-}
-
-internal sealed class TaggedQuote
+/// <summary>What the model adds: the generated tags.</summary>
+internal sealed class TagPrediction
 {
     public string GeneratedTags { get; set; } = "";
 }

@@ -74,6 +74,33 @@ public sealed class TokenColumnsTests : MLNetTestBase
     }
 
     [Fact]
+    public void ConcatenateText_with_a_prefix_and_suffix_builds_a_prompt_template_and_survives_save_and_load()
+    {
+        var ml = new MLContext(seed: 1);
+        var data = ml.Data.LoadFromEnumerable(Quotes());
+        // The QuoteTagger prompt: quote + " ->: ", the same text as Expression("q => concat(q, \" ->: \")").
+        var prompt = ml.Transforms.Text.ConcatenateText("Prompt", ["Quote"], suffix: " ->: ").Fit(data);
+        string[] expected = ["Be yourself. ->: ", " ->: ", "So many books ->: "];
+        Column(prompt.Transform(data), "Prompt").Should().Equal(expected);
+        Column(ml.Transforms.Expression("Prompt", "q => concat(q, \" ->: \")", "Quote").Fit(data).Transform(data), "Prompt")
+            .Should().Equal(expected);
+
+        string zip = Path.Combine(Root, "template.zip");
+        ml.Model.Save(prompt, data.Schema, zip);
+        var ml2 = new MLContext(seed: 2);
+        Column(ml2.Model.Load(zip, out _).Transform(ml2.Data.LoadFromEnumerable(Quotes())), "Prompt").Should().Equal(expected);
+
+        Column(ml.Transforms.Text.ConcatenateText("J", ["Quote", "Author"], separator: " | ", prefix: "Q: \"", suffix: "\"\nA:").Fit(data).Transform(data), "J")
+            .Should().Equal("Q: \"Be yourself. | Wilde\"\nA:", "Q: \" | nobody\"\nA:", "Q: \"So many books | \"\nA:");
+        Column(ml.Transforms.Text.ConcatenateText("J", ["Quote", "Tags"]).Fit(data).Transform(data), "J")
+            .Should().Equal("Be yourself.honesty", "empty", "So many booksbooks");
+        var nullSuffix = () => ml.Transforms.Text.ConcatenateText("J", ["Quote"], suffix: null!);
+        nullSuffix.Should().Throw<ArgumentNullException>();
+        var none = () => ml.Transforms.Text.ConcatenateText("J", [], suffix: " ->: ");
+        none.Should().Throw<ArgumentOutOfRangeException>().WithMessage("*1 to 5*");
+    }
+
+    [Fact]
     public void ConcatenateText_names_a_column_of_the_wrong_type_or_a_missing_one()
     {
         var ml = new MLContext(seed: 1);
