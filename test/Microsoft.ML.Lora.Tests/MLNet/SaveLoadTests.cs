@@ -96,5 +96,17 @@ public sealed class SaveLoadTests : MLNetTestBase
         act.Should().Throw<Exception>().Where(e => AllMessages(e).Contains(BaseFolder) && AllMessages(e).Contains("differs"));
     }
 
+    [Fact]
+    public void Load_fails_when_the_tokenizer_changed()
+    {
+        var (zip, _, _) = TrainAndSave();
+        var tokenizer = Path.Combine(BaseFolder, "tokenizer.json");
+        File.WriteAllText(tokenizer, File.Exists(tokenizer) ? File.ReadAllText(tokenizer) + " " : "{}");
+
+        var act = () => new MLContext(seed: 2).Model.Load(zip, out _);
+
+        act.Should().Throw<Exception>().Where(e => AllMessages(e).Contains(BaseFolder) && AllMessages(e).Contains("tokenizer files"));
+    }
+
     private static string AllMessages(Exception e) => e.InnerException == null ? e.Message : e.Message + " | " + AllMessages(e.InnerException);
 }

@@ -7,7 +7,7 @@ namespace Microsoft.ML.Lora.MLNet;
 
 /// <summary>
 /// What a saved model keeps of its base model: the folder and a fingerprint of its config and weights
-/// (SHA-256 over the names and bytes of config.json and every *.safetensors file of the folder, in ordinal order).
+/// (SHA-256 over the names and bytes of config.json, the tokenizer files and every *.safetensors file of the folder, in ordinal order).
 /// </summary>
 internal sealed record BaseModelReference(string Folder, string Fingerprint)
 {
@@ -28,16 +28,20 @@ internal sealed record BaseModelReference(string Folder, string Fingerprint)
         string actual = ComputeFingerprint(Folder);
         if (!string.Equals(actual, Fingerprint, StringComparison.Ordinal))
             throw new InvalidOperationException(
-                $"The base model folder '{Folder}' differs from the one the adapter was trained on: its config.json or weights changed " +
+                $"The base model folder '{Folder}' differs from the one the adapter was trained on: its config.json, tokenizer files or weights changed " +
                 $"(fingerprint {actual}, expected {Fingerprint}).");
     }
+
+    /// <summary>Besides the weights: the config and every tokenizer file the library reads.</summary>
+    private static readonly HashSet<string> Fingerprinted = new(StringComparer.Ordinal)
+        { "config.json", "tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt" };
 
     internal static string ComputeFingerprint(string folder)
     {
         if (!Directory.Exists(folder))
             throw new DirectoryNotFoundException($"The base model folder '{folder}' does not exist.");
         var files = Directory.EnumerateFiles(folder)
-            .Where(f => Path.GetFileName(f) == "config.json" || f.EndsWith(".safetensors", StringComparison.Ordinal))
+            .Where(f => Fingerprinted.Contains(Path.GetFileName(f)) || f.EndsWith(".safetensors", StringComparison.Ordinal))
             .OrderBy(f => Path.GetFileName(f), StringComparer.Ordinal)
             .ToList();
         if (!files.Any(f => Path.GetFileName(f) == "config.json"))
