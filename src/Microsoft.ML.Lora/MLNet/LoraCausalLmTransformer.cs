@@ -53,7 +53,7 @@ public sealed class LoraCausalLmTransformer : ITransformer, IDisposable
     {
         ArgumentNullException.ThrowIfNull(inputSchema);
         SchemaChecks.Column(inputSchema, Options.PromptColumn, Options.PromptIsTokens, "prompt", nameof(inputSchema));
-        return GeneratedTextSchema.Append(inputSchema, OutputColumnName);
+        return AppendedColumn.Schema(inputSchema, OutputColumnName, TextDataViewType.Instance);
     }
 
     /// <summary>

@@ -107,8 +107,7 @@ internal sealed class LoraModel
     {
         if (_configs[adapter].ModulesToSave is not { Count: > 0 } names) return;
         var paths = Model.named_modules().Select(m => m.name)
-            .Where(p => p.Length > 0 && !p.Contains(".original_module", StringComparison.Ordinal) && !p.Contains(".modules_to_save.", StringComparison.Ordinal)
-                && names.Any(t => LoraConfig.SuffixMatch(p, t)))
+            .Where(p => p.Length > 0 && !ModulesToSaveWrapper.IsInside(p) && names.Any(t => LoraConfig.SuffixMatch(p, t)))
             .ToList();
         if (paths.Count == 0)
             throw new ArgumentException($"modules_to_save [{string.Join(", ", names)}] matches no module of the {Model.Config.ModelType} model" +

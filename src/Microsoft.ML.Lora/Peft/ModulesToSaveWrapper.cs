@@ -27,6 +27,10 @@ internal sealed class ModulesToSaveWrapper : nn.Module<Tensor, Tensor>
     }
 
     public nn.Module<Tensor, Tensor> OriginalModule => original_module;
+
+    /// <summary>Whether a module path or parameter name lies inside a wrapper (its original or one of its copies).</summary>
+    public static bool IsInside(string name) =>
+        name.Contains(".original_module", StringComparison.Ordinal) || name.Contains(".modules_to_save", StringComparison.Ordinal);
     public string ActiveAdapter { get; set; }
     public bool AdaptersDisabled { get; set; }
     public bool Has(string adapter) => modules_to_save.Items.ContainsKey(adapter);

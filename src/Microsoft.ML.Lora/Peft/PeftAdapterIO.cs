@@ -29,7 +29,7 @@ internal static class PeftAdapterIO
         }
         if (config.Bias == "all")
             foreach (var (n, p) in LoraModel.DistinctParameters(model.Model))
-                if (n.EndsWith("bias", StringComparison.Ordinal) && !n.Contains(".original_module.", StringComparison.Ordinal) && !n.Contains(".modules_to_save.", StringComparison.Ordinal))
+                if (n.EndsWith("bias", StringComparison.Ordinal) && !ModulesToSaveWrapper.IsInside(n))
                     dict[Prefix + n] = p;
         // The adapter's copy is saved under the wrapped module's own path (PEFT drops "modules_to_save.<adapter>").
         foreach (var (path, w) in model.SavedModules)

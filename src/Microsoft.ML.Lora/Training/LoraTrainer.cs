@@ -26,7 +26,6 @@ internal sealed class LoraTrainer
     private readonly TrainingOptions _o;
     private readonly List<Parameter> _params;
     private readonly AdamW _optimizer;
-    private readonly LossScaler? _scaler;
 
     public LoraTrainer(LoraModel model, TrainingOptions options)
     {
@@ -35,7 +34,7 @@ internal sealed class LoraTrainer
         _o = options;
         _params = model.TrainableParameters().Select(p => p.P).ToList();
         if (_params.Count == 0) throw new InvalidOperationException("The model has no trainable parameters.");
-        if (model.Model.parameters().Any(p => p.dtype == ScalarType.Float16)) _scaler = new LossScaler(options.InitialLossScale);
+        if (model.Model.parameters().Any(p => p.dtype == ScalarType.Float16)) Scaler = new LossScaler(options.InitialLossScale);
         var decay = DecayParameters(model.Model);
         var groups = new[] { (Params: _params.Where(p => decay.Contains(p.Handle)).ToList(), Wd: options.WeightDecay), (Params: _params.Where(p => !decay.Contains(p.Handle)).ToList(), Wd: 0.0) }
             .Where(g => g.Params.Count > 0) // an empty group would make single-group checkpoints unloadable
@@ -62,7 +61,7 @@ internal sealed class LoraTrainer
     public double CurrentLearningRate { get; private set; }
     public List<double> Losses { get; } = [];
     /// <summary>The dynamic loss scaler of a float16 model, else null.</summary>
-    internal LossScaler? Scaler => _scaler;
+    internal LossScaler? Scaler { get; }
 
     private void SetLr(double lr)
     {
@@ -79,7 +78,7 @@ internal sealed class LoraTrainer
     {
         SetLr(lr);
         double total = Backward(microBatches);
-        if (_scaler?.Unscale(_params) != false)
+        if (Scaler?.Unscale(_params) != false)
         {
             if (_o.MaxGradNorm > 0) nn.utils.clip_grad_norm_(_params, _o.MaxGradNorm);
             _optimizer.step();
@@ -113,8 +112,8 @@ internal sealed class LoraTrainer
                 throw new TrainingDivergedException(GlobalStep + 1, value);
             }
             total += value;
-            if (_scaler is null) loss.backward();
-            else using (var scaled = loss.mul(_scaler.Scale)) scaled.backward();
+            if (Scaler is null) loss.backward();
+            else using (var scaled = loss.mul(Scaler.Scale)) scaled.backward();
         }
         return total;
     }
@@ -221,7 +220,7 @@ internal sealed class LoraTrainer
     private TrainerState State(int totalSteps, int truncated) => new()
     {
         GlobalStep = GlobalStep, MicroBatches = MicroBatches, TotalSteps = totalSteps, Seed = _o.Seed, Truncated = truncated, LossHistory = [.. Losses],
-        LossScale = _scaler?.Scale, LossScaleGoodSteps = _scaler?.GoodSteps ?? 0,
+        LossScale = Scaler?.Scale, LossScaleGoodSteps = Scaler?.GoodSteps ?? 0,
     };
 
     /// <summary>Writes adapter (PEFT format), optimizer state and trainer state into <paramref name="folder"/> atomically (temp folder + rename).</summary>
@@ -266,7 +265,7 @@ internal sealed class LoraTrainer
         GlobalStep = state.GlobalStep;
         MicroBatches = state.MicroBatches;
         Losses.Clear(); Losses.AddRange(state.LossHistory);
-        if (_scaler != null && state.LossScale is double scale) _scaler.Restore(scale, state.LossScaleGoodSteps);
+        if (Scaler != null && state.LossScale is double scale) Scaler.Restore(scale, state.LossScaleGoodSteps);
     }
 }
 

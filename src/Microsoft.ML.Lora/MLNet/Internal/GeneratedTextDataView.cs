@@ -23,7 +23,7 @@ internal sealed class GeneratedTextDataView : IDataView
         _generator = generator;
         _promptIndex = promptIndex;
         _batchSize = Math.Max(1, batchSize);
-        Schema = GeneratedTextSchema.Append(input.Schema, outputColumnName);
+        Schema = AppendedColumn.Schema(input.Schema, outputColumnName, TextDataViewType.Instance);
     }
 
     public bool CanShuffle => false;

@@ -18,23 +18,15 @@ internal sealed class GeneratedTextRowMapper : IRowToRowMapper
         InputSchema = inputSchema;
         _generator = generator;
         _promptIndex = promptIndex;
-        OutputSchema = GeneratedTextSchema.Append(inputSchema, outputColumnName);
+        OutputSchema = AppendedColumn.Schema(inputSchema, outputColumnName, TextDataViewType.Instance);
     }
 
     public DataViewSchema InputSchema { get; }
 
     public DataViewSchema OutputSchema { get; }
 
-    public IEnumerable<DataViewSchema.Column> GetDependencies(IEnumerable<DataViewSchema.Column> dependingColumns)
-    {
-        var needed = new SortedSet<int>();
-        foreach (var column in dependingColumns)
-        {
-            if (column.Index == OutputSchema.Count - 1) needed.Add(_promptIndex);
-            else needed.Add(column.Index);
-        }
-        return needed.Select(i => InputSchema[i]).ToList();
-    }
+    public IEnumerable<DataViewSchema.Column> GetDependencies(IEnumerable<DataViewSchema.Column> dependingColumns) =>
+        AppendedColumn.Dependencies(InputSchema, _promptIndex, dependingColumns.Select(c => c.Index));
 
     public DataViewRow GetRow(DataViewRow input, IEnumerable<DataViewSchema.Column> activeColumns)
     {

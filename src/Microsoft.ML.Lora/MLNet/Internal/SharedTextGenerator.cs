@@ -38,33 +38,20 @@ internal sealed class SharedTextGenerator
         if (dispose) _generator.Dispose();
     }
 
-    public IReadOnlyList<string> Generate(IReadOnlyList<string> prompts)
+    /// <summary>Completions of prompts given as text or, when every prompt has ids, as token ids.</summary>
+    public IReadOnlyList<string> Generate(IReadOnlyList<PromptInput> prompts)
     {
+        bool ids = prompts.Count > 0 && prompts.All(p => p.Ids != null);
         lock (_lock)
         {
             if (_references == 0) throw new ObjectDisposedException(nameof(LoraCausalLmTransformer));
-            var result = _generator.Generate(prompts);
+            var result = ids
+                ? _generator.GenerateFromIds(prompts.Select(p => p.Ids!).ToList())
+                : _generator.Generate(prompts.Select(p => p.Text).ToList());
             if (result.Count != prompts.Count)
                 throw new InvalidOperationException($"The text generator returned {result.Count} completions for {prompts.Count} prompts.");
             return result;
         }
-    }
-
-    /// <summary>Completions of prompts given as text or, when every prompt has ids, as token ids.</summary>
-    public IReadOnlyList<string> Generate(IReadOnlyList<PromptInput> prompts)
-    {
-        if (prompts.Count > 0 && prompts.All(p => p.Ids != null))
-        {
-            lock (_lock)
-            {
-                if (_references == 0) throw new ObjectDisposedException(nameof(LoraCausalLmTransformer));
-                var result = _generator.GenerateFromIds(prompts.Select(p => p.Ids!).ToList());
-                if (result.Count != prompts.Count)
-                    throw new InvalidOperationException($"The text generator returned {result.Count} completions for {prompts.Count} prompts.");
-                return result;
-            }
-        }
-        return Generate(prompts.Select(p => p.Text).ToList());
     }
 
     public void SaveAdapter(string folder)
@@ -82,9 +69,6 @@ internal sealed class SharedTextGenerator
         private SharedTextGenerator? _owner;
 
         public Lease(SharedTextGenerator owner) => _owner = owner;
-
-        public IReadOnlyList<string> Generate(IReadOnlyList<string> prompts) =>
-            (_owner ?? throw new ObjectDisposedException(nameof(Lease))).Generate(prompts);
 
         public IReadOnlyList<string> Generate(IReadOnlyList<PromptInput> prompts) =>
             (_owner ?? throw new ObjectDisposedException(nameof(Lease))).Generate(prompts);

@@ -63,21 +63,12 @@ internal sealed class TokenizedColumn(IBackendTokenizer tokenizer, int sourceInd
 {
     private readonly object _lock = new();
 
-    public DataViewSchema OutputSchema(DataViewSchema input)
-    {
-        var builder = new DataViewSchema.Builder();
-        builder.AddColumns(input);
-        builder.AddColumn(outputName, new VectorDataViewType(NumberDataViewType.Int32));
-        return builder.ToSchema();
-    }
+    public DataViewSchema OutputSchema(DataViewSchema input) =>
+        AppendedColumn.Schema(input, outputName, new VectorDataViewType(NumberDataViewType.Int32));
 
     /// <summary>The input columns needed for the active output columns.</summary>
-    public IEnumerable<DataViewSchema.Column> Dependencies(DataViewSchema input, HashSet<int> active)
-    {
-        var needed = new SortedSet<int>(active.Where(i => i < input.Count));
-        if (active.Contains(input.Count)) needed.Add(sourceIndex);
-        return needed.Select(i => input[i]).ToList();
-    }
+    public IEnumerable<DataViewSchema.Column> Dependencies(DataViewSchema input, IEnumerable<int> active) =>
+        AppendedColumn.Dependencies(input, sourceIndex, active);
 
     public int[] Encode(string text)
     {
@@ -123,7 +114,7 @@ internal sealed class TokenizedRowMapper : IRowToRowMapper
     public DataViewSchema OutputSchema { get; }
 
     public IEnumerable<DataViewSchema.Column> GetDependencies(IEnumerable<DataViewSchema.Column> dependingColumns) =>
-        _column.Dependencies(InputSchema, dependingColumns.Select(c => c.Index).ToHashSet());
+        _column.Dependencies(InputSchema, dependingColumns.Select(c => c.Index));
 
     public DataViewRow GetRow(DataViewRow input, IEnumerable<DataViewSchema.Column> activeColumns) =>
         new Row(input, OutputSchema, _column, activeColumns.Select(c => c.Index).ToHashSet());

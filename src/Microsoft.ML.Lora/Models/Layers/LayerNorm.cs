@@ -9,21 +9,19 @@ internal sealed class LayerNorm : nn.Module<Tensor, Tensor>
 {
     public Parameter weight;
     public Parameter bias;
-    private readonly long _size;
-    private readonly double _eps;
 
     public LayerNorm(long size, double eps = 1e-5) : base(nameof(LayerNorm))
     {
         weight = new Parameter(ones(size));
         bias = new Parameter(zeros(size));
-        _size = size;
-        _eps = eps;
+        Size = size;
+        Eps = eps;
         RegisterComponents();
     }
 
-    public long Size => _size;
-    public double Eps => _eps;
+    public long Size { get; }
+    public double Eps { get; }
 
     public override Tensor forward(Tensor x) =>
-        nn.functional.layer_norm(x.As(Precision.Compute), [_size], weight.As(Precision.Compute), bias.As(Precision.Compute), _eps);
+        nn.functional.layer_norm(x.As(Precision.Compute), [Size], weight.As(Precision.Compute), bias.As(Precision.Compute), Eps);
 }
