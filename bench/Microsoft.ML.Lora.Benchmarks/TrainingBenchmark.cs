@@ -51,7 +51,7 @@ internal sealed class TrainingBenchmark : IBenchmark
         // RSS is read after every step; flatness compares its highest value over steps 51-100 with that over the last 50
         // steps (windows of whole memory-release cycles, so the phase of the cycle cannot flatter either number).
         double rssEarly = 0, rssLate = 0; TrainingProgress? last = null;
-        var trainer = new LoraTrainer(lora, options);
+        using var trainer = new LoraTrainer(lora, options);
         var progress = new Sync(p =>
         {
             last = p;

@@ -11,7 +11,7 @@ namespace Microsoft.ML.Lora.Training;
 /// Trains the active adapter of a <see cref="LoraModel"/> as transformers' Trainer does: causal-LM loss, AdamW,
 /// warmup + schedule, gradient accumulation, gradient clipping, checkpoints (checkpoint-N) and resume.
 /// </summary>
-internal sealed class LoraTrainer
+internal sealed class LoraTrainer : IDisposable
 {
     public const string OptimizerFile = "optimizer.pt";
 
@@ -209,6 +209,9 @@ internal sealed class LoraTrainer
         }
         return State(totalSteps, collator.Truncated);
     }
+
+    /// <summary>Frees the optimizer state (AdamW's two moment tensors per trainable parameter).</summary>
+    public void Dispose() => _optimizer.Dispose();
 
     private static void ReleaseFreedMemory()
     {

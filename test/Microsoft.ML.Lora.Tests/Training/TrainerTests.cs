@@ -134,6 +134,19 @@ public class TrainerTests
         ((late - early) / early).Should().BeLessThan(0.05, $"the highest RSS went from {early:F1} MiB (steps 11-30) to {late:F1} MiB (steps 41-60)");
     }
 
+    [Fact]
+    public void Disposing_the_trainer_frees_the_optimizer_state()
+    {
+        using var scope = NewDisposeScope();
+        var lm = NewModel();
+        var trainer = new LoraTrainer(lm, new TrainingOptions { LearningRate = 1e-3, BatchSize = 4, MaxSteps = 2 });
+        trainer.Train(Data(8));
+        long before = TorchSharp.DisposeScopeManager.Statistics.ThreadTotalLiveCount;
+        trainer.Dispose();
+        long freed = before - TorchSharp.DisposeScopeManager.Statistics.ThreadTotalLiveCount;
+        freed.Should().BeGreaterThanOrEqualTo(2L * lm.TrainableParameters().Count, "AdamW keeps two moments per trainable parameter");
+    }
+
     private static double RssMiB() =>
         long.Parse(File.ReadLines("/proc/self/status").First(l => l.StartsWith("VmRSS:")).Split(' ', StringSplitOptions.RemoveEmptyEntries)[1]) / 1024.0;
 

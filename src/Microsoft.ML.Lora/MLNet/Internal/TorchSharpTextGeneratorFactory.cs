@@ -32,10 +32,6 @@ internal sealed class TorchSharpTextGeneratorFactory : ITextGeneratorFactory
                 train = train.Select(e => e with { Completion = [.. e.Completion, eos.Value] }).ToList();
 
             var state = Run(lora, trainingOptions, train, log);
-            // LoraTrainer does not dispose its AdamW state (two tensors per trainable parameter); it is unreachable
-            // now, so collect it before generation needs the memory (device memory on CUDA).
-            GC.Collect();
-            GC.WaitForPendingFinalizers();
             model.eval();
             log(FormattableString.Invariant(
                 $"Training done: {state.GlobalStep} steps, first loss {state.LossHistory.FirstOrDefault():F4}, last loss {state.LossHistory.LastOrDefault():F4}") +
@@ -66,8 +62,12 @@ internal sealed class TorchSharpTextGeneratorFactory : ITextGeneratorFactory
         }
     }
 
-    private static TrainerState Run(LoraModel lora, TrainingOptions options, List<TrainingExample> train, Action<string> log) =>
-        new LoraTrainer(lora, options).Train(train, progress: new LogProgress(log));
+    /// <summary>Trains, then frees the optimizer state before generation needs the memory (device memory on CUDA).</summary>
+    private static TrainerState Run(LoraModel lora, TrainingOptions options, List<TrainingExample> train, Action<string> log)
+    {
+        using var trainer = new LoraTrainer(lora, options);
+        return trainer.Train(train, progress: new LogProgress(log));
+    }
 
     internal static int[] PromptIds(IBackendTokenizer tokenizer, string prompt, ModelConfig config) =>
         PromptIds(tokenizer, tokenizer.Encode(prompt, addSpecialTokens: true), config);
