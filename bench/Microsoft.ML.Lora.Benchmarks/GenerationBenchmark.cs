@@ -10,6 +10,8 @@ namespace Microsoft.ML.Lora.Benchmarks;
 /// <summary>
 /// Greedy decoding with the KV cache, batch 1, 8-token prompt, 64 new tokens, float32 CPU, random weights, on the
 /// GPT-2-small shape and on a 4-layer 256-wide GPT-2; tokens/s over the whole generate call (prefill included), best of 3.
+/// Args: [N new tokens] [--threads N] [--dtype float32|bfloat16] [--float32-arithmetic] (one precision per process, so
+/// that the peak RSS is that precision's).
 /// </summary>
 internal sealed class GenerationBenchmark : IBenchmark
 {
@@ -27,7 +29,10 @@ internal sealed class GenerationBenchmark : IBenchmark
         int newTokens = args.Length > 0 && int.TryParse(args[0], out int n) ? n : 64;
         int threadsAt = Array.IndexOf(args, "--threads");
         if (threadsAt >= 0) set_num_threads(int.Parse(args[threadsAt + 1]));
-        Console.WriteLine($"threads {get_num_threads()}, {newTokens} new tokens, prompt 8");
+        int dtypeAt = Array.IndexOf(args, "--dtype");
+        var dtype = dtypeAt >= 0 && args[dtypeAt + 1] is "bfloat16" or "bf16" ? ScalarType.BFloat16 : ScalarType.Float32;
+        bool float32Arithmetic = args.Contains("--float32-arithmetic");
+        Console.WriteLine($"threads {get_num_threads()}, {newTokens} new tokens, prompt 8, weights {dtype}{(float32Arithmetic ? ", float32 arithmetic" : "")}");
         foreach (var (name, width, layers, heads, hf) in Shapes)
         {
             var config = ModelConfig.Parse(new JsonObject
@@ -35,7 +40,8 @@ internal sealed class GenerationBenchmark : IBenchmark
                 ["model_type"] = "gpt2", ["vocab_size"] = 50257, ["n_embd"] = width, ["n_layer"] = layers, ["n_head"] = heads,
                 ["n_positions"] = 1024, ["activation_function"] = "gelu_new", ["eos_token_id"] = 50256,
             });
-            using var model = ModelFactory.CreateRandom(config, seed: 1);
+            using var model = ModelFactory.CreateRandom(config, seed: 1, dtype);
+            model.Float32Arithmetic = float32Arithmetic;
             var generator = new Generator(model);
             var options = new GenerationOptions { MaxNewTokens = newTokens, EosTokenIds = [] };
             int[] prompt = [464, 2068, 7586, 21831, 18045, 625, 262, 16931];

@@ -81,6 +81,14 @@ public sealed class LoraCausalLmOptions
     /// <summary>Type of the base weights: "float32", "bfloat16" or "float16" (the LoRA weights stay float32 over a half-precision base, as PEFT's autocast_adapter_dtype). Default "float32".</summary>
     public string DType { get; set; } = "float32";
 
+    /// <summary>
+    /// Arithmetic of the base model's matrix multiplications (bitsandbytes' compute_dtype): null or "" for the weights'
+    /// own type, as transformers computes, or "float32" over "bfloat16" weights: float32 results (generation and
+    /// training equal to a float32 model with the same weights) on half the memory, at about twice the time of a
+    /// bfloat16 matmul. Default null.
+    /// </summary>
+    public string? ComputeDType { get; set; }
+
     /// <summary>Shape of the LoRA adapter. Default: <see cref="LoraAdapterOptions"/>'s defaults.</summary>
     public LoraAdapterOptions Lora { get; set; } = new();
 
@@ -101,6 +109,7 @@ public sealed class LoraCausalLmOptions
         Seed = Seed,
         Device = Device,
         DType = DType,
+        ComputeDType = ComputeDType,
         Lora = Lora.Clone(),
         Training = Training.Clone(),
         Generation = Generation.Clone(),

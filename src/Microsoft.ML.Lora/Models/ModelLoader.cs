@@ -13,6 +13,13 @@ internal sealed record ModelLoadOptions
 
     /// <summary>Device: "cpu" (default), "cuda", "cuda:1".</summary>
     public string Device { get; init; } = "cpu";
+
+    /// <summary>
+    /// Arithmetic of the matrix multiplications, as bitsandbytes' compute_dtype: null (default) for the weights' own
+    /// dtype, as transformers computes; Float32 over BFloat16 weights for float32 arithmetic on half the memory
+    /// (<see cref="CausalLm.Float32Arithmetic"/>).
+    /// </summary>
+    public ScalarType? ComputeDType { get; init; }
 }
 
 /// <summary>A checkpoint that does not fit the model built from its config.json; the message names every tensor at fault.</summary>
@@ -32,7 +39,7 @@ internal static class ModelLoader
     {
         options ??= new ModelLoadOptions();
         var device = ResolveDevice(options.Device);
-        ValidateDType(options.DType);
+        ValidateDType(options.DType, options.ComputeDType);
         var config = ModelConfig.Load(Path.Combine(folder, "config.json"));
         using var checkpoint = CheckpointFolder.Open(folder);
         var model = ModelFactory.Create(config);
@@ -40,6 +47,7 @@ internal static class ModelLoader
         {
             model.to(options.DType).to(device);
             LoadWeights(model, checkpoint);
+            model.Float32Arithmetic = options.ComputeDType == ScalarType.Float32 && options.DType != ScalarType.Float32;
             ModelFactory.Freeze(model);
             model.eval();
             return model;
@@ -65,10 +73,12 @@ internal static class ModelLoader
         return device;
     }
 
-    private static void ValidateDType(ScalarType dtype)
+    private static void ValidateDType(ScalarType dtype, ScalarType? compute)
     {
         if (dtype is not (ScalarType.Float32 or ScalarType.BFloat16 or ScalarType.Float16))
             throw new ArgumentException($"dtype {dtype} is not supported for model weights; use Float32, BFloat16 or Float16.");
+        if (compute is { } c && c != dtype && !(c == ScalarType.Float32 && dtype == ScalarType.BFloat16))
+            throw new ArgumentException($"compute dtype {c} over {dtype} weights is not supported; use the weights' dtype, or Float32 over BFloat16 weights.");
     }
 
     /// <summary>Names in checkpoints that are not parameters (old GPT-2's causal mask buffers, rotary inv_freq).</summary>

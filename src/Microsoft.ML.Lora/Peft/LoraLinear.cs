@@ -38,6 +38,7 @@ internal sealed class LoraLinear : nn.Module<Tensor, Tensor>, ILinear
     public Parameter weight => Base.weight;
     public Parameter? bias => Base.bias;
     public bool FanInFanOut => Base.FanInFanOut;
+    public bool Float32Arithmetic { get => Base.Float32Arithmetic; set => Base.Float32Arithmetic = value; }
 
     /// <summary>The adapter used in forward, or null for none.</summary>
     public string? ActiveAdapter { get; set; }

@@ -58,8 +58,8 @@ internal sealed class ModulesToSaveWrapper : nn.Module<Tensor, Tensor>
     {
         nn.Module<Tensor, Tensor> copy = m switch
         {
-            Linear l => new Linear(l.InFeatures, l.OutFeatures, l.bias is not null, l.weight.dtype, l.weight.device),
-            Conv1D c => new Conv1D(c.InFeatures, c.OutFeatures, c.weight.dtype, c.weight.device),
+            Linear l => new Linear(l.InFeatures, l.OutFeatures, l.bias is not null, l.weight.dtype, l.weight.device) { Float32Arithmetic = l.Float32Arithmetic },
+            Conv1D c => new Conv1D(c.InFeatures, c.OutFeatures, c.weight.dtype, c.weight.device) { Float32Arithmetic = c.Float32Arithmetic },
             Embedding e => nn.Embedding(e.weight!.shape[0], e.weight!.shape[1], device: e.weight!.device, dtype: e.weight!.dtype),
             Models.Layers.LayerNorm n => new Models.Layers.LayerNorm(n.Size, n.Eps).to(n.weight.device).to(n.weight.dtype),
             TorchSharp.Modules.LayerNorm n => nn.LayerNorm(n.normalized_shape, n.eps, n.weight is not null, device: n.weight?.device, dtype: n.weight?.dtype),

@@ -227,9 +227,17 @@ public sealed class EndToEndTests : IDisposable
 
         o.DType = "bf16";
         TorchSharpTextGeneratorFactory.LoadOptions(o).DType.Should().Be(TorchSharp.torch.ScalarType.BFloat16);
+        TorchSharpTextGeneratorFactory.LoadOptions(o).ComputeDType.Should().BeNull();
+        o.ComputeDType = "float32";
+        TorchSharpTextGeneratorFactory.LoadOptions(o).ComputeDType.Should().Be(TorchSharp.torch.ScalarType.Float32);
+        o.Clone().ComputeDType.Should().Be("float32");
+        o.ComputeDType = "tf32";
+        var compute = () => TorchSharpTextGeneratorFactory.LoadOptions(o);
+        compute.Should().Throw<ArgumentException>().WithMessage("LoraCausalLmOptions.ComputeDType 'tf32' is not supported*");
+        o.ComputeDType = null;
         o.DType = "int8";
         var act = () => TorchSharpTextGeneratorFactory.LoadOptions(o);
-        act.Should().Throw<ArgumentException>().WithMessage("*int8*");
+        act.Should().Throw<ArgumentException>().WithMessage("LoraCausalLmOptions.DType 'int8' is not supported*");
     }
 
     [Fact]

@@ -14,9 +14,9 @@ public class FixtureLoraTests(ITestOutputHelper output)
 {
     private static CausalLm LoadModel(string arch) => ModelLoader.Load(Fixtures.Model(arch));
 
-    private static JsonNode Inputs(string arch) => JsonNode.Parse(File.ReadAllText(Path.Combine(Fixtures.Model(arch), "inputs.json")))!;
+    internal static JsonNode Inputs(string arch) => JsonNode.Parse(File.ReadAllText(Path.Combine(Fixtures.Model(arch), "inputs.json")))!;
 
-    private static Tensor Ids(JsonNode inputs, string name)
+    internal static Tensor Ids(JsonNode inputs, string name)
     {
         var rows = inputs[name]!.AsArray();
         var data = rows.SelectMany(r => r!.AsArray().Select(x => x!.GetValue<long>())).ToArray();

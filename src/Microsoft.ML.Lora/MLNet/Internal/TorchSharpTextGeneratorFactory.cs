@@ -94,13 +94,17 @@ internal sealed class TorchSharpTextGeneratorFactory : ITextGeneratorFactory
     internal static ModelLoadOptions LoadOptions(LoraCausalLmOptions o) => new()
     {
         Device = string.IsNullOrWhiteSpace(o.Device) ? "cpu" : o.Device,
-        DType = (o.DType ?? "float32").Trim().ToLowerInvariant() switch
-        {
-            "float32" or "fp32" or "float" or "" => ScalarType.Float32,
-            "bfloat16" or "bf16" => ScalarType.BFloat16,
-            "float16" or "fp16" or "half" => ScalarType.Float16,
-            var d => throw new ArgumentException($"LoraCausalLmOptions.DType '{d}' is not supported; use float32, bfloat16 or float16."),
-        },
+        DType = ParseDType(o.DType, nameof(o.DType)) ?? ScalarType.Float32,
+        ComputeDType = ParseDType(o.ComputeDType, nameof(o.ComputeDType)),
+    };
+
+    private static ScalarType? ParseDType(string? name, string option) => (name ?? "").Trim().ToLowerInvariant() switch
+    {
+        "" => null,
+        "float32" or "fp32" or "float" => ScalarType.Float32,
+        "bfloat16" or "bf16" => ScalarType.BFloat16,
+        "float16" or "fp16" or "half" => ScalarType.Float16,
+        var d => throw new ArgumentException($"LoraCausalLmOptions.{option} '{d}' is not supported; use float32, bfloat16 or float16."),
     };
 
     internal static LoraConfig ToLoraConfig(LoraCausalLmOptions o) => new()

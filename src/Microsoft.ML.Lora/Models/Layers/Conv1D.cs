@@ -16,6 +16,7 @@ internal sealed class Conv1D : nn.Module<Tensor, Tensor>, ILinear
     public long InFeatures { get; }
     public long OutFeatures { get; }
     public bool FanInFanOut => true;
+    public bool Float32Arithmetic { get; set; }
 
     public Conv1D(long inFeatures, long outFeatures, ScalarType dtype = ScalarType.Float32, Device? device = null)
         : base(nameof(Conv1D))
@@ -27,9 +28,6 @@ internal sealed class Conv1D : nn.Module<Tensor, Tensor>, ILinear
         RegisterComponents();
     }
 
-    public override Tensor forward(Tensor x)
-    {
-        x = x.As(weight.dtype);
-        return bias is null ? matmul(x, weight) : addmm(bias, x.flatten(0, -2), weight, 1, 1).view([.. x.shape[..^1], OutFeatures]);
-    }
+    /// <summary>x W + b, computed as torch.nn.functional.linear over the [out, in] view Wᵀ (the same addmm).</summary>
+    public override Tensor forward(Tensor x) => Precision.Linear(x, weight.t(), bias, Float32Arithmetic);
 }

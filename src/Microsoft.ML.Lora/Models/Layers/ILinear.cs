@@ -15,4 +15,10 @@ internal interface ILinear
 
     /// <summary>True when <see cref="weight"/> is stored [in, out].</summary>
     bool FanInFanOut { get; }
+
+    /// <summary>
+    /// False (default): multiply in the weight's dtype, as torch does. True: over a bfloat16 weight, multiply in float32
+    /// arithmetic and return float32 (<see cref="Precision.Float32Linear"/>); no effect on float32 weights.
+    /// </summary>
+    bool Float32Arithmetic { get; set; }
 }

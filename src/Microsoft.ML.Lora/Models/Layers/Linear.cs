@@ -16,6 +16,7 @@ internal sealed class Linear : nn.Module<Tensor, Tensor>, ILinear
     public long InFeatures { get; }
     public long OutFeatures { get; }
     public bool FanInFanOut => false;
+    public bool Float32Arithmetic { get; set; }
 
     public Linear(long inFeatures, long outFeatures, bool hasBias = true, ScalarType dtype = ScalarType.Float32, Device? device = null)
         : base(nameof(Linear))
@@ -28,5 +29,5 @@ internal sealed class Linear : nn.Module<Tensor, Tensor>, ILinear
         RegisterComponents();
     }
 
-    public override Tensor forward(Tensor x) => nn.functional.linear(x.As(weight.dtype), weight, bias);
+    public override Tensor forward(Tensor x) => Precision.Linear(x, weight, bias, Float32Arithmetic);
 }
