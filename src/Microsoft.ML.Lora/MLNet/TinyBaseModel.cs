@@ -51,13 +51,15 @@ public static class TinyBaseModel
             // A trainable scale instead of N(0, 0.02): with tied embeddings that small, the logits of a tiny model stay
             // near uniform whatever the adapter does. Embeddings N(0, (1.5 / sqrt(hidden))^2): logits start with a
             // standard deviation near 1.5 and can reach about 1.5 sqrt(hidden); projections N(0, 1/fan_in).
+            // A private generator: the weights depend on the seed alone, not on what drew from torch's global one before.
+            using (var generator = new TorchSharp.torch.Generator((ulong)seed))
             using (TorchSharp.torch.no_grad())
                 foreach (var (name, p) in model.named_parameters())
                 {
                     if (p.dim() < 2) continue;
                     bool embedding = name.Contains("embeddings", StringComparison.Ordinal) || name.EndsWith("wte.weight", StringComparison.Ordinal) || name.EndsWith("wpe.weight", StringComparison.Ordinal);
                     long fanIn = modelType == "gpt2" ? p.shape[0] : p.shape[1];
-                    p.normal_(0, embedding ? 1.5 / Math.Sqrt(hiddenSize) : 1.0 / Math.Sqrt(fanIn));
+                    p.normal_(0, embedding ? 1.5 / Math.Sqrt(hiddenSize) : 1.0 / Math.Sqrt(fanIn), generator);
                 }
             ModelFactory.Save(model, folder);
         }

@@ -34,7 +34,7 @@ Directory.CreateDirectory(outputDirectory);
 bool tiny = baseModel is null;
 if (tiny)
 {
-    baseModel = Path.Combine(Path.GetTempPath(), "mllora-cache", "tiny-bloom-256x4-v1");
+    baseModel = Path.Combine(Path.GetTempPath(), "mllora-cache", "tiny-bloom-256x4-v2");
     if (!File.Exists(Path.Combine(baseModel, "model.safetensors")))
     {
         TinyBaseModel.Create(baseModel, "bloom", hiddenSize: 256, layers: 4, heads: 8, seed: 0);
