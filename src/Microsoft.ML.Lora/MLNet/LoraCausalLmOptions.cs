@@ -84,8 +84,8 @@ public sealed class LoraCausalLmOptions
     /// <summary>
     /// Arithmetic of the base model's matrix multiplications (bitsandbytes' compute_dtype): null or "" for the weights'
     /// own type, as transformers computes, or "float32" over "bfloat16" weights: float32 results (generation and
-    /// training equal to a float32 model with the same weights) on half the memory, at about twice the time of a
-    /// bfloat16 matmul. Default null.
+    /// training equal to a float32 model with the same weights) on half the memory, at two to three times the time of
+    /// a bfloat16 matmul (about that of float32). Default null.
     /// </summary>
     public string? ComputeDType { get; set; }
 

@@ -29,8 +29,8 @@ internal abstract class CausalLm : nn.Module
     /// <summary>
     /// False (default): the matrix multiplications run in the weights' dtype, as in transformers. True: those of a
     /// bfloat16 model run in float32 arithmetic over its bfloat16 weights (<see cref="Precision.Float32Linear"/>), so
-    /// that it computes what a float32 model with the same weights computes, at about twice the time of a bfloat16
-    /// matmul. Sets <see cref="ILinear.Float32Arithmetic"/> on every linear layer (set it again after adding layers).
+    /// that it computes what a float32 model with the same weights computes, at two to three times the time of a
+    /// bfloat16 matmul. Sets <see cref="ILinear.Float32Arithmetic"/> on every linear layer (set it again after adding layers).
     /// </summary>
     public bool Float32Arithmetic
     {
