@@ -3,6 +3,7 @@
 // The pipeline: ConcatenateText (prompt) -> Tokenize (prompt, completion) -> Lora().CausalLm on the token id columns.
 //
 //   dotnet run -c Release --project src/Samples/QuoteTagger [-- --base-model <folder>] [--out <folder>]
+//       [--dtype float32|bfloat16|float16] [--compute-dtype float32]
 //
 // Without --base-model a tiny BLOOM with random weights and a byte-level tokenizer is created in a cache folder: it
 // runs in about half a minute on two CPU cores, but an untrained base of that size only produces toy tags.
@@ -18,14 +19,18 @@ using QuoteTagger;
 var clock = Stopwatch.StartNew();
 string? baseModel = null;
 string outputDirectory = Directory.GetCurrentDirectory();
+string dtype = "float32";
+string? computeDType = null;
 for (int i = 0; i < args.Length; i++)
 {
     switch (args[i])
     {
         case "--base-model" when i + 1 < args.Length: baseModel = args[++i]; break;
         case "--out" when i + 1 < args.Length: outputDirectory = args[++i]; break;
+        case "--dtype" when i + 1 < args.Length: dtype = args[++i]; break;
+        case "--compute-dtype" when i + 1 < args.Length: computeDType = args[++i]; break;
         default:
-            Console.Error.WriteLine("usage: QuoteTagger [--base-model <Hugging Face model folder>] [--out <folder>]");
+            Console.Error.WriteLine("usage: QuoteTagger [--base-model <Hugging Face model folder>] [--out <folder>] [--dtype float32|bfloat16|float16] [--compute-dtype float32]");
             return 2;
     }
 }
@@ -85,6 +90,8 @@ var options = new LoraCausalLmOptions
     PromptTokensColumnName = "PromptIds",         // token ids of "quote ->: "
     CompletionTokensColumnName = "CompletionIds", // token ids of "tag1, tag2, tag3" (read only by Fit)
     OutputColumnName = "GeneratedTags",           // text generated for each prompt
+    DType = dtype,                                // base weights; bfloat16 halves their memory
+    ComputeDType = computeDType,                  // "float32" over bfloat16: float32 results on bfloat16 weights
     Seed = 0,
     Lora = tiny
         ? new LoraAdapterOptions { Rank = 16, Alpha = 32, Dropout = 0f, TargetModules = ["all-linear"] }
