@@ -76,7 +76,8 @@ public class Float32ArithmeticTests(ITestOutputHelper output)
         bErr.Should().BeLessThanOrEqualTo(4e-3);
     }
 
-    private static CausalLm RoundedFloat32(string arch)
+    /// <summary>The float32 model of <paramref name="arch"/> with its weights rounded to bfloat16: the floor of any bfloat16 model.</summary>
+    internal static CausalLm RoundedFloat32(string arch)
     {
         var model = ModelLoader.Load(Fixtures.Model(arch));
         using var _ = no_grad();
