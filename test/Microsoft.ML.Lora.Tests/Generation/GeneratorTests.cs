@@ -8,10 +8,10 @@ namespace Microsoft.ML.Lora.Tests.Generation;
 
 public class GeneratorTests
 {
-    private static JsonObject Expected(string arch) =>
+    internal static JsonObject Expected(string arch) =>
         JsonNode.Parse(File.ReadAllText(Path.Combine(Fixtures.Model(arch), "generation.json")))!.AsObject();
 
-    private static long[] Ints(JsonNode? node) => [.. node!.AsArray().Select(n => n!.GetValue<long>())];
+    internal static long[] Ints(JsonNode? node) => [.. node!.AsArray().Select(n => n!.GetValue<long>())];
 
     private static readonly GenerationOptions Greedy16 = new() { MaxNewTokens = 16, EosTokenIds = [] };
 

@@ -1,8 +1,8 @@
-using System.Text.Json.Nodes;
 using Microsoft.ML.Lora.Generation;
 using Microsoft.ML.Lora.Models;
 using Microsoft.ML.Lora.Models.Layers;
 using Microsoft.ML.Lora.Peft;
+using Microsoft.ML.Lora.Tests.Generation;
 using Microsoft.ML.Lora.Tests.Peft;
 using Microsoft.ML.Lora.Training;
 using Xunit.Abstractions;
@@ -64,7 +64,8 @@ public class Float32ArithmeticTests(ITestOutputHelper output)
 
         var g64 = g.to_type(ScalarType.Float64).flatten(0, 1);
         var x64 = x.detach().to_type(ScalarType.Float64).flatten(0, 1);
-        double err = Rel(x.grad!, g64.mm(w.detach().to_type(ScalarType.Float64)).view(2, 3, 64)), plainErr = Rel(x2.grad!, g64.mm(w.detach().to_type(ScalarType.Float64)).view(2, 3, 64));
+        var dx = g64.mm(w.detach().to_type(ScalarType.Float64)).view(2, 3, 64);
+        double err = Rel(x.grad!, dx), plainErr = Rel(x2.grad!, dx);
         double wErr = Rel(w.grad!, g64.t().mm(x64)), bErr = Rel(b.grad!, g64.sum([0]));
         output.WriteLine($"d/dx relative error: float32 arithmetic {err:E2}, bfloat16 layer {plainErr:E2}; d/dW {wErr:E2}, d/db {bErr:E2}");
         x.grad!.dtype.Should().Be(ScalarType.Float32);
@@ -99,8 +100,7 @@ public class Float32ArithmeticTests(ITestOutputHelper output)
         using var reference = RoundedFloat32(arch);
         using var model = BFloat16WithFloat32Arithmetic(arch);
         model.Float32Arithmetic.Should().BeTrue();
-        var expected = JsonNode.Parse(File.ReadAllText(Path.Combine(Fixtures.Model(arch), "generation.json")))!["greedy_with_cache"]!.AsArray();
-        var prompt = expected.Take(6).Select(n => n!.GetValue<int>()).ToList();
+        var prompt = GeneratorTests.Ints(GeneratorTests.Expected(arch)["greedy_with_cache"])[..6].Select(i => (int)i).ToList();
         var options = new GenerationOptions { MaxNewTokens = 16, EosTokenIds = [] };
         var withCache = new Generator(model).Generate(prompt, options);
         withCache.Should().Equal(new Generator(reference).Generate(prompt, options));
