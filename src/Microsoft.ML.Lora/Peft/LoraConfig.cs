@@ -47,6 +47,11 @@ public sealed record LoraConfig
     public IReadOnlyList<int>? LayersToTransform { get; init; }
     /// <summary><c>init_lora_weights</c>.</summary>
     public LoraInit InitLoraWeights { get; init; } = LoraInit.Default;
+    /// <summary>
+    /// <c>use_dora</c>: Weight-Decomposed LoRA (DoRA): a trainable magnitude per output row rescales W + s·B·A to
+    /// m / ‖W + s·B·A‖ (the norm detached), as PEFT's <c>lora/dora.py</c>. Slower per step than plain LoRA.
+    /// </summary>
+    public bool UseDora { get; init; }
     /// <summary><c>base_model_name_or_path</c> written to adapter_config.json.</summary>
     public string? BaseModelNameOrPath { get; init; }
     /// <summary><c>inference_mode</c> written to adapter_config.json (PEFT writes true when saving).</summary>

@@ -14,19 +14,22 @@ internal sealed class LoraLinear : nn.Module<Tensor, Tensor>, ILinear
 {
 #pragma warning disable IDE1006 // PEFT's names, registered by field name
     private readonly nn.Module<Tensor, Tensor> base_layer;
-    private readonly AdapterDict lora_A;
-    private readonly AdapterDict lora_B;
+    private readonly AdapterDict<TorchSharp.Modules.Linear> lora_A;
+    private readonly AdapterDict<TorchSharp.Modules.Linear> lora_B;
+    private readonly AdapterDict<DoraLinearLayer> lora_magnitude_vector;
 #pragma warning restore IDE1006
     private readonly Dictionary<string, double> _scaling = new();
     private readonly Dictionary<string, double> _dropout = new();
     private readonly List<string> _merged = new();
+    private readonly Dictionary<string, Tensor> _doraNorms = new(); // n of each merged DoRA adapter, for unmerge
 
     public LoraLinear(nn.Module<Tensor, Tensor> baseLayer) : base(nameof(LoraLinear))
     {
         if (baseLayer is not ILinear) throw new ArgumentException($"LoRA wraps linear layers (ILinear); got {baseLayer.GetType().Name}.");
         base_layer = baseLayer;
-        lora_A = new AdapterDict("lora_A");
-        lora_B = new AdapterDict("lora_B");
+        lora_A = new AdapterDict<TorchSharp.Modules.Linear>("lora_A");
+        lora_B = new AdapterDict<TorchSharp.Modules.Linear>("lora_B");
+        lora_magnitude_vector = new AdapterDict<DoraLinearLayer>("lora_magnitude_vector");
         RegisterComponents();
         foreach (var p in base_layer.parameters()) p.requires_grad = false;
     }
@@ -50,6 +53,8 @@ internal sealed class LoraLinear : nn.Module<Tensor, Tensor>, ILinear
     public Parameter LoraA(string adapter) => lora_A.Items.TryGetValue(adapter, out var l) ? l.weight! : throw new KeyNotFoundException($"No LoRA adapter '{adapter}'.");
     public Parameter LoraB(string adapter) => lora_B.Items[adapter].weight!;
     public double Scaling(string adapter) => _scaling[adapter];
+    /// <summary>DoRA's magnitude vector m [out] of <paramref name="adapter"/>, or null when it is plain LoRA.</summary>
+    public Parameter? Magnitude(string adapter) => lora_magnitude_vector.Items.TryGetValue(adapter, out var d) ? d.weight : null;
 
     /// <summary>
     /// Adds adapter <paramref name="name"/> initialised as PEFT's <c>reset_lora_parameters</c>; in float32 over a
@@ -81,6 +86,7 @@ internal sealed class LoraLinear : nn.Module<Tensor, Tensor>, ILinear
         }
         lora_A.Add(name, a);
         lora_B.Add(name, b);
+        if (config.UseDora) lora_magnitude_vector.Add(name, new DoraLinearLayer(w, a.weight!, b.weight!, config.Scaling, FanInFanOut));
         _scaling[name] = config.Scaling;
         _dropout[name] = config.LoraDropout;
         ActiveAdapter ??= name;
@@ -91,6 +97,7 @@ internal sealed class LoraLinear : nn.Module<Tensor, Tensor>, ILinear
         if (_merged.Contains(name)) throw new InvalidOperationException($"Unmerge adapter '{name}' before deleting it.");
         lora_A.Remove(name);
         lora_B.Remove(name);
+        lora_magnitude_vector.Remove(name);
         _scaling.Remove(name);
         _dropout.Remove(name);
         if (ActiveAdapter == name) ActiveAdapter = lora_A.Items.Keys.FirstOrDefault();
@@ -112,37 +119,81 @@ internal sealed class LoraLinear : nn.Module<Tensor, Tensor>, ILinear
         var a = lora_A.Items[ActiveAdapter];
         var b = lora_B.Items[ActiveAdapter];
         var drop = _dropout[ActiveAdapter];
-        using var dx = drop > 0 && training ? nn.functional.dropout(x, drop, true) : x.alias();
-        using var ax = a.forward(dx.to(a.weight!.dtype));
-        using var bax = b.forward(ax);
-        using var scaled = bax.mul(_scaling[ActiveAdapter]);
-        if (scaled.dtype == result.dtype) return result.add_(scaled);
+        bool dropping = drop > 0 && training;
+        using var dx = dropping ? nn.functional.dropout(x, drop, true) : x.alias();
+        using var ax = dx.to(a.weight!.dtype);
+        bool isDora = lora_magnitude_vector.Items.TryGetValue(ActiveAdapter, out var dora);
+        using var scaled = isDora ? DoraTerm(dora!, ax, a, b, result, dropping) : LoraTerm(ax, a, b, _scaling[ActiveAdapter]);
+        // DoRA's term saved the base output for backward: add out of place then.
+        if (scaled.dtype == result.dtype) return isDora ? result.add(scaled) : result.add_(scaled);
         // A float32 adapter over a half-precision base: add in float32, round once (PEFT's torch_result_dtype cast).
         using var sum = result.to(scaled.dtype).add_(scaled);
         return sum.to(result.dtype);
     }
 
-    /// <summary>Adds the adapter's update into the base weight (PEFT's merge); forward then skips the adapter.</summary>
+    private static Tensor LoraTerm(Tensor x, TorchSharp.Modules.Linear a, TorchSharp.Modules.Linear b, double scaling)
+    {
+        using var ax = a.forward(x);
+        using var bax = b.forward(ax);
+        return bax.mul(scaling);
+    }
+
+    /// <summary>
+    /// DoRA's addition to <paramref name="result"/> (PEFT's DoraLinearVariant.forward): the base output without bias is
+    /// reused unless dropout changed the input, in which case W x is recomputed on the dropped-out input.
+    /// </summary>
+    private Tensor DoraTerm(DoraLinearLayer dora, Tensor x, TorchSharp.Modules.Linear a, TorchSharp.Modules.Linear b, Tensor result, bool dropped)
+    {
+        using var scope = NewDisposeScope();
+        var w = Base.weight.to(x.dtype);
+        var baseResult = dropped
+            ? nn.functional.linear(x, FanInFanOut ? w.t() : w)
+            : (Base.bias is { } bias ? result - bias : result).to(x.dtype);
+        return dora.Forward(x, a, b, _scaling[ActiveAdapter!], w, baseResult).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
+    /// Adds the adapter's update into the base weight (PEFT's merge); forward then skips the adapter. DoRA:
+    /// W' = (m / n) · (W + ΔW) per output row, with n = ‖W + ΔW‖ kept for <see cref="Unmerge"/>.
+    /// </summary>
     public void Merge(string? adapter = null)
     {
         adapter ??= ActiveAdapter ?? throw new InvalidOperationException("No adapter to merge.");
         if (_merged.Contains(adapter)) return;
         using (no_grad())
-        using (var d = DeltaWeight(adapter))
+        using (var scope = NewDisposeScope())
         {
+            var d = DeltaWeight(adapter);
             var w = Base.weight;
             if (!d.isfinite().all().item<bool>()) throw new InvalidOperationException($"Adapter '{adapter}' has non-finite weights; refusing to merge.");
-            w.add_(d.to(w.dtype));
+            if (lora_magnitude_vector.Items.TryGetValue(adapter, out var dora))
+            {
+                var norm = dora.WeightNorm(w.to(d.dtype), FanInFanOut ? d.t() : d, 1.0);
+                _doraNorms[adapter] = norm.detach().MoveToOuterDisposeScope();
+                w.copy_((DoraFactor(dora, _doraNorms[adapter]) * (w.to(d.dtype) + d)).to(w.dtype));
+            }
+            else w.add_(d.to(w.dtype));
         }
         _merged.Add(adapter);
     }
 
-    /// <summary>Subtracts merged updates from the base weight again.</summary>
+    /// <summary>m / n laid out to scale the base weight's output rows ([out, 1], or [1, out] when fan_in_fan_out).</summary>
+    private Tensor DoraFactor(DoraLinearLayer dora, Tensor norm) => (dora.weight / norm).view(FanInFanOut ? [1, -1] : [-1, 1]);
+
+    /// <summary>Takes merged updates out of the base weight again (DoRA: W = W' / (m / n) - ΔW with the n of the merge).</summary>
     public void Unmerge()
     {
         using (no_grad())
             for (int i = _merged.Count - 1; i >= 0; i--)
-                using (var d = DeltaWeight(_merged[i])) Base.weight.sub_(d.to(Base.weight.dtype));
+            {
+                using var scope = NewDisposeScope();
+                var adapter = _merged[i];
+                var d = DeltaWeight(adapter);
+                var w = Base.weight;
+                if (lora_magnitude_vector.Items.TryGetValue(adapter, out var dora) && _doraNorms.Remove(adapter, out var norm))
+                    using (norm) w.copy_((w.to(d.dtype) / DoraFactor(dora, norm) - d).to(w.dtype));
+                else w.sub_(d.to(w.dtype));
+            }
         _merged.Clear();
     }
 }

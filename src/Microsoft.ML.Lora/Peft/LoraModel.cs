@@ -133,15 +133,15 @@ internal sealed class LoraModel
         SetTrainable(name);
     }
 
+    /// <summary>The module names that hold adapter parameters (PEFT's adapter_layer_names; DoRA adds the magnitude).</summary>
+    private static readonly string[] AdapterParameterNames = ["lora_A", "lora_B", "lora_magnitude_vector"];
+
     private void SetTrainable(string adapter)
     {
         var config = _configs[adapter];
         foreach (var (name, p) in Model.named_parameters())
         {
-            bool isLora = name.Contains(".lora_A.", StringComparison.Ordinal) || name.Contains(".lora_B.", StringComparison.Ordinal);
-            p.requires_grad = isLora
-                ? name.Contains($".lora_A.{adapter}.", StringComparison.Ordinal) || name.Contains($".lora_B.{adapter}.", StringComparison.Ordinal)
-                : false;
+            p.requires_grad = AdapterParameterNames.Any(n => name.Contains($".{n}.{adapter}.", StringComparison.Ordinal));
         }
         if (config.Bias == "all")
             foreach (var (name, p) in Model.named_parameters()) { if (name.EndsWith("bias", StringComparison.Ordinal)) p.requires_grad = true; }

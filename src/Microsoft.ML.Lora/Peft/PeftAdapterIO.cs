@@ -25,6 +25,7 @@ internal static class PeftAdapterIO
         {
             dict[$"{Prefix}{path}.lora_A.weight"] = l.LoraA(adapter);
             dict[$"{Prefix}{path}.lora_B.weight"] = l.LoraB(adapter);
+            if (l.Magnitude(adapter) is { } m) dict[$"{Prefix}{path}.lora_magnitude_vector"] = m; // PEFT drops ".weight" here
             if (config.Bias == "lora_only" && l.bias is { } b) dict[$"{Prefix}{path}.base_layer.bias"] = b;
         }
         if (config.Bias == "all")
@@ -60,7 +61,7 @@ internal static class PeftAdapterIO
         ["revision"] = null,
         ["target_modules"] = new JsonArray([.. targets.Distinct().Order(StringComparer.Ordinal).Select(s => JsonValue.Create(s))]),
         ["task_type"] = "CAUSAL_LM",
-        ["use_dora"] = false,
+        ["use_dora"] = c.UseDora,
         ["use_rslora"] = c.UseRsLora,
     };
 
@@ -68,11 +69,7 @@ internal static class PeftAdapterIO
     public static LoraConfig ReadConfig(string folder)
     {
         var path = Path.Combine(folder, ConfigFile);
-        if (!File.Exists(path)) throw new FileNotFoundException($"No {ConfigFile} in adapter folder '{folder}'.", path);
-        JsonObject j;
-        try { j = JsonNode.Parse(File.ReadAllText(path))!.AsObject(); }
-        catch (Exception e) when (e is JsonException or InvalidOperationException or NullReferenceException)
-        { throw new InvalidDataException($"'{path}' is not valid JSON: {e.Message}", e); }
+        var j = ReadConfigJson(folder);
         if (j["peft_type"]?.GetValue<string>() is { } pt && pt != "LORA") throw new NotSupportedException($"'{path}' has peft_type '{pt}'; only LORA is supported.");
         List<string>? Strings(string k) => j[k] switch
         {
@@ -100,6 +97,7 @@ internal static class PeftAdapterIO
                 _ => null,
             },
             InitLoraWeights = init,
+            UseDora = j["use_dora"]?.GetValue<bool>() ?? false,
             BaseModelNameOrPath = j["base_model_name_or_path"]?.GetValue<string>(),
             InferenceMode = j["inference_mode"]?.GetValue<bool>() ?? true,
         };
@@ -109,10 +107,15 @@ internal static class PeftAdapterIO
     public static void Save(LoraModel model, string folder, string? adapter = null)
     {
         adapter ??= model.ActiveAdapter;
-        Directory.CreateDirectory(folder);
         var config = model.Configs[adapter];
         var targets = config.TargetModules is { } t ? t : model.Layers.Keys.Select(p => p.Split('.')[^1]).ToList();
-        var state = StateDict(model, adapter);
+        WriteFolder(folder, StateDict(model, adapter), ConfigJson(config, targets));
+    }
+
+    /// <summary>Writes <paramref name="state"/> and <paramref name="config"/> as an adapter folder of any method; a failure leaves the previous files as they were.</summary>
+    public static void WriteFolder(string folder, IReadOnlyDictionary<string, Tensor> state, JsonObject config)
+    {
+        Directory.CreateDirectory(folder);
         var cpu = state.Select(kv => new KeyValuePair<string, Tensor>(kv.Key, kv.Value.detach().cpu().contiguous())).ToList();
         string id = Guid.NewGuid().ToString("N");
         string tmpWeights = Path.Combine(folder, $".{WeightsFile}.{id}.part"), tmpConfig = Path.Combine(folder, $".{ConfigFile}.{id}.part");
@@ -120,7 +123,7 @@ internal static class PeftAdapterIO
         {
             // Both files are complete on disk before either replaces the previous adapter.
             SafeTensorsWriter.Save(tmpWeights, cpu, new Dictionary<string, string> { ["format"] = "pt" });
-            AtomicFile.WriteAllText(tmpConfig, ConfigJson(config, targets).ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+            AtomicFile.WriteAllText(tmpConfig, config.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
             BeforeCommit?.Invoke(folder);
             File.Move(tmpWeights, Path.Combine(folder, WeightsFile), overwrite: true);
             File.Move(tmpConfig, Path.Combine(folder, ConfigFile), overwrite: true);
@@ -140,13 +143,18 @@ internal static class PeftAdapterIO
     /// Copies the weights of an adapter folder into <paramref name="adapter"/> of <paramref name="model"/>; every expected
     /// key must be present with its shape and no unknown key may remain.
     /// </summary>
-    public static void LoadWeights(LoraModel model, string folder, string? adapter = null)
+    public static void LoadWeights(LoraModel model, string folder, string? adapter = null) =>
+        LoadInto(StateDict(model, adapter ?? model.ActiveAdapter), folder);
+
+    /// <summary>
+    /// Copies the tensors of an adapter folder into <paramref name="expected"/> (saved key to live tensor); every key must
+    /// be present with its shape and no unknown key may remain.
+    /// </summary>
+    public static void LoadInto(IReadOnlyDictionary<string, Tensor> expected, string folder)
     {
-        adapter ??= model.ActiveAdapter;
         var path = Path.Combine(folder, WeightsFile);
         if (!File.Exists(path)) throw new FileNotFoundException($"No {WeightsFile} in adapter folder '{folder}'.", path);
         using var file = SafeTensorsFile.Open(path);
-        var expected = StateDict(model, adapter);
         var missing = expected.Keys.Where(k => !file.Contains(k)).ToList();
         var unexpected = file.Tensors.Select(t => t.Name).Where(n => !expected.ContainsKey(n)).ToList();
         if (missing.Count > 0 || unexpected.Count > 0)
@@ -163,6 +171,16 @@ internal static class PeftAdapterIO
         using (no_grad())
             foreach (var (k, target) in expected)
                 using (var t = file.Load(k, target.dtype, target.device)) target.copy_(t);
+    }
+
+    /// <summary>The adapter_config.json object of <paramref name="folder"/>.</summary>
+    public static JsonObject ReadConfigJson(string folder)
+    {
+        var path = Path.Combine(folder, ConfigFile);
+        if (!File.Exists(path)) throw new FileNotFoundException($"No {ConfigFile} in adapter folder '{folder}'.", path);
+        try { return JsonNode.Parse(File.ReadAllText(path))!.AsObject(); }
+        catch (Exception e) when (e is JsonException or InvalidOperationException or NullReferenceException)
+        { throw new InvalidDataException($"'{path}' is not valid JSON: {e.Message}", e); }
     }
 
     /// <summary>Applies the adapter folder's config to <paramref name="model"/> and loads its weights (PeftModel.from_pretrained).</summary>

@@ -1,0 +1,49 @@
+namespace Microsoft.ML.Lora.Peft;
+
+/// <summary>
+/// Configuration of an (IA)³ adapter, with the fields and defaults of PEFT's <c>IA3Config</c>
+/// (peft/tuners/ia3/config.py): one learned vector per target scales its output features, or its input features
+/// on the feed-forward targets. The JSON names written to <c>adapter_config.json</c> are PEFT's.
+/// </summary>
+public sealed record IA3Config
+{
+    /// <summary>
+    /// <c>target_modules</c>: module names matched as PEFT does (the full path equals the name or ends with "." + name).
+    /// Null selects PEFT's default for the model type (<see cref="DefaultTargets"/>).
+    /// </summary>
+    public IReadOnlyList<string>? TargetModules { get; init; }
+    /// <summary>
+    /// <c>feedforward_modules</c>: the targets whose input is scaled (y = W (x · l)) instead of their output; a subset of
+    /// <see cref="TargetModules"/>, matched by suffix. Null selects PEFT's default for the model type.
+    /// </summary>
+    public IReadOnlyList<string>? FeedforwardModules { get; init; }
+    /// <summary><c>fan_in_fan_out</c>: the targets store their weight [in, out] (GPT-2's Conv1D); set automatically, as PEFT does, for Conv1D targets.</summary>
+    public bool FanInFanOut { get; init; }
+    /// <summary><c>init_ia3_weights</c>: start every vector at 1 (the model equals the base model); false keeps torch.randn values (testing only).</summary>
+    public bool InitIA3Weights { get; init; } = true;
+    /// <summary><c>base_model_name_or_path</c> written to adapter_config.json.</summary>
+    public string? BaseModelNameOrPath { get; init; }
+
+    /// <summary>PEFT's TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING for the model types this library loads.</summary>
+    public static IReadOnlyList<string> DefaultTargets(string modelType) => Defaults(modelType).Targets;
+
+    /// <summary>PEFT's TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING for the model types this library loads.</summary>
+    public static IReadOnlyList<string> DefaultFeedforward(string modelType) => Defaults(modelType).Feedforward;
+
+    private static (string[] Targets, string[] Feedforward) Defaults(string modelType) => modelType switch
+    {
+        "bloom" => (["query_key_value", "mlp.dense_4h_to_h"], ["mlp.dense_4h_to_h"]),
+        "gpt2" => (["c_attn", "mlp.c_proj"], ["mlp.c_proj"]),
+        "llama" or "mistral" => (["k_proj", "v_proj", "down_proj"], ["down_proj"]),
+        "qwen2" or "qwen3" or "gemma" or "gemma2" => (["q_proj", "v_proj", "down_proj"], ["down_proj"]),
+        _ => throw new NotSupportedException($"PEFT has no default IA3 target modules for model type '{modelType}'; set IA3Config.TargetModules and FeedforwardModules."),
+    };
+
+    /// <summary>Throws <see cref="ArgumentException"/> when the fields do not fit together (PEFT's __post_init__ checks).</summary>
+    public void Validate()
+    {
+        if (TargetModules is { Count: 0 }) throw new ArgumentException("IA3Config.TargetModules is empty; leave it null for the model type's default or name at least one module.");
+        if (TargetModules is { } t && FeedforwardModules is { } ff && ff.Except(t).FirstOrDefault() is { } extra)
+            throw new ArgumentException($"IA3Config.FeedforwardModules must be a subset of TargetModules; '{extra}' is not a target.");
+    }
+}

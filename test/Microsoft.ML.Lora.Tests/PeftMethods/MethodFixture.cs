@@ -1,0 +1,80 @@
+using System.Text.Json.Nodes;
+using Microsoft.ML.Lora.Checkpoints;
+using Microsoft.ML.Lora.Training;
+using static TorchSharp.torch;
+
+namespace Microsoft.ML.Lora.Tests.PeftMethods;
+
+/// <summary>One folder of shared/fixtures/peft/&lt;method&gt;/&lt;arch&gt; (see its README): inputs, references, losses, generation.</summary>
+internal sealed class MethodFixture(string method, string arch) : IDisposable
+{
+    public string Folder { get; } = Path.Combine(Fixtures.Root, "peft", method, arch);
+    public string Arch => arch;
+    public string AdapterInit => Path.Combine(Folder, "adapter_init");
+    public string Adapter => Path.Combine(Folder, "adapter");
+    public SafeTensorsFile Reference { get; } = SafeTensorsFile.Open(Path.Combine(Fixtures.Root, "peft", method, arch, "reference.safetensors"));
+    public JsonNode Meta { get; } = JsonNode.Parse(File.ReadAllText(Path.Combine(Fixtures.Root, "peft", method, arch, "meta.json")))!;
+
+    public Tensor Load(string name) => Reference.Load(name);
+
+    /// <summary>losses[i] before update i, as PEFT recorded them.</summary>
+    public double[] Losses => [.. JsonNode.Parse(File.ReadAllText(Path.Combine(Folder, "losses.json")))!["losses"]!.AsArray().Select(x => x!.GetValue<double>())];
+
+    public long[] Greedy(string key = "greedy_with_cache") =>
+        [.. JsonNode.Parse(File.ReadAllText(Path.Combine(Folder, "generation.json")))![key]!.AsArray().Select(x => x!.GetValue<long>())];
+
+    /// <summary>The training batch of the recipe: train_input_ids (no padding), labels = the ids.</summary>
+    public Batch TrainBatch() => new(Load("train_input_ids"), Load("train_attention_mask"), Load("train_labels_full"), 0);
+
+    /// <summary>Max |a - b| over the positions whose mask is 1 (<paramref name="virtualTokens"/> leading positions always count).</summary>
+    public static double MaxErr(Tensor logits, Tensor reference, Tensor mask, int virtualTokens = 0)
+    {
+        using var scope = NewDisposeScope();
+        var full = virtualTokens == 0 ? mask : cat([ones(mask.shape[0], virtualTokens, dtype: mask.dtype), mask], 1);
+        var valid = full.unsqueeze(-1).to(ScalarType.Bool);
+        return (logits - reference).abs().masked_fill(valid.logical_not(), 0).max().item<float>();
+    }
+
+    /// <summary>Max |a - b| / max |b| over a trained tensor.</summary>
+    public static double RelErr(Tensor actual, Tensor reference)
+    {
+        using var scope = NewDisposeScope();
+        return (actual - reference).abs().max().item<float>() / Math.Max(1e-12, reference.abs().max().item<float>());
+    }
+
+    /// <summary>Max |p - reference(name)| over named parameters.</summary>
+    public static double MaxAbsErr(IEnumerable<(string Name, TorchSharp.Modules.Parameter P)> parameters, Func<string, Tensor> reference)
+    {
+        using var scope = NewDisposeScope();
+        return parameters.Max(p => (p.P - reference(p.Name)).abs().max().item<float>());
+    }
+
+    /// <summary>Max relative difference of two loss sequences.</summary>
+    public static double LossRelErr(IReadOnlyList<double> actual, IReadOnlyList<double> expected) =>
+        actual.Zip(expected, (a, b) => Math.Abs(a - b) / Math.Abs(b)).Max();
+
+    /// <summary>
+    /// The recipe's optimizer loop (torch.optim.AdamW, lr 1e-3, weight decay 0; forward, backward, step, zero_grad) for
+    /// methods the trainer does not take yet. Returns the losses before each update and leaves the step-0 gradients in
+    /// <paramref name="step0Grads"/> (by parameter name).
+    /// </summary>
+    public static double[] AdamW(IReadOnlyList<(string Name, TorchSharp.Modules.Parameter P)> parameters, Func<Tensor> loss, int steps, Dictionary<string, Tensor>? step0Grads = null)
+    {
+        using var optimizer = TorchSharp.torch.optim.AdamW(parameters.Select(p => p.P), lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0);
+        var losses = new double[steps];
+        for (int i = 0; i < steps; i++)
+        {
+            using var scope = NewDisposeScope();
+            var l = loss();
+            losses[i] = l.item<float>();
+            l.backward();
+            if (i == 0 && step0Grads is not null)
+                foreach (var (n, p) in parameters) step0Grads[n] = p.grad!.clone().MoveToOuterDisposeScope();
+            optimizer.step();
+            optimizer.zero_grad();
+        }
+        return losses;
+    }
+
+    public void Dispose() => Reference.Dispose();
+}
