@@ -1,5 +1,6 @@
 using System.Runtime.CompilerServices;
 using Microsoft.ML.Lora.Models;
+using Microsoft.ML.Lora.Models.Layers;
 using TorchSharp;
 using static TorchSharp.torch;
 

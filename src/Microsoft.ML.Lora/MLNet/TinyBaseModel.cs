@@ -18,33 +18,26 @@ public static class TinyBaseModel
     public const int VocabSize = 257;
 
     /// <summary>
-    /// Creates (or overwrites) the model files in <paramref name="folder"/>; <paramref name="modelType"/> is "bloom" or "gpt2".
-    /// Returns <paramref name="folder"/>.
+    /// Creates (or overwrites) the model files in <paramref name="folder"/>; <paramref name="modelType"/> is any supported
+    /// model_type ("bloom", "gpt2", "llama", "qwen2", ...). Returns <paramref name="folder"/>.
     /// </summary>
     public static string Create(string folder, string modelType = "bloom", int hiddenSize = 64, int layers = 2, int heads = 4, int seed = 0)
     {
         ArgumentException.ThrowIfNullOrWhiteSpace(folder);
-        if (modelType is not ("bloom" or "gpt2")) throw new ArgumentException($"modelType must be \"bloom\" or \"gpt2\", got \"{modelType}\".", nameof(modelType));
+        var architecture = Architectures.Find(modelType)
+            ?? throw new ArgumentException($"modelType must be one of {string.Join(", ", Architectures.ModelTypes.Select(t => $"\"{t}\""))}, got \"{modelType}\".", nameof(modelType));
         Directory.CreateDirectory(folder);
         const int eos = VocabSize - 1;
         var json = new JsonObject
         {
             ["model_type"] = modelType,
-            ["architectures"] = new JsonArray(modelType == "bloom" ? "BloomForCausalLM" : "GPT2LMHeadModel"),
+            ["architectures"] = new JsonArray(architecture.ClassName),
             ["vocab_size"] = VocabSize,
             ["bos_token_id"] = eos,
             ["eos_token_id"] = eos,
             ["pad_token_id"] = eos,
         };
-        if (modelType == "bloom")
-        {
-            json["hidden_size"] = hiddenSize; json["n_layer"] = layers; json["n_head"] = heads; json["layer_norm_epsilon"] = 1e-5;
-        }
-        else
-        {
-            json["n_embd"] = hiddenSize; json["n_layer"] = layers; json["n_head"] = heads; json["n_positions"] = 512;
-            json["activation_function"] = "gelu_new"; json["layer_norm_epsilon"] = 1e-5;
-        }
+        architecture.TinyConfig(json, (hiddenSize, layers, heads));
         var config = ModelConfig.Parse(json, "tiny " + modelType);
         using (var model = ModelFactory.CreateRandom(config, seed))
         {
@@ -52,14 +45,15 @@ public static class TinyBaseModel
             // near uniform whatever the adapter does. Embeddings N(0, (1.5 / sqrt(hidden))^2): logits start with a
             // standard deviation near 1.5 and can reach about 1.5 sqrt(hidden); projections N(0, 1/fan_in).
             // A private generator: the weights depend on the seed alone, not on what drew from torch's global one before.
+            var owners = model.named_modules().ToDictionary(m => m.name, m => m.module);
             using (var generator = new TorchSharp.torch.Generator((ulong)seed))
             using (TorchSharp.torch.no_grad())
                 foreach (var (name, p) in model.named_parameters())
                 {
                     if (p.dim() < 2) continue;
-                    bool embedding = name.Contains("embeddings", StringComparison.Ordinal) || name.EndsWith("wte.weight", StringComparison.Ordinal) || name.EndsWith("wpe.weight", StringComparison.Ordinal);
-                    long fanIn = modelType == "gpt2" ? p.shape[0] : p.shape[1];
-                    p.normal_(0, embedding ? 1.5 / Math.Sqrt(hiddenSize) : 1.0 / Math.Sqrt(fanIn), generator);
+                    var owner = owners[name[..Math.Max(0, name.LastIndexOf('.'))]];
+                    double std = owner is Models.Layers.ILinear linear ? 1.0 / Math.Sqrt(linear.InFeatures) : 1.5 / Math.Sqrt(hiddenSize);
+                    p.normal_(0, std, generator);
                 }
             ModelFactory.Save(model, folder);
         }

@@ -10,6 +10,58 @@ namespace Microsoft.ML.Lora.Models;
 
 #pragma warning disable IDE1006 // field names are Hugging Face's parameter names
 
+/// <summary>BLOOM's description: BloomConfig's key names (n_layer, n_head, hidden_size or n_embed) and defaults; 4 × hidden MLP, no position limit.</summary>
+internal static class BloomFamily
+{
+    public static readonly Architecture Bloom = new()
+    {
+        ModelType = "bloom",
+        ClassName = "BloomForCausalLM",
+        ReadConfig = r =>
+        {
+            int hidden = r.Int("hidden_size", "n_embed"), heads = r.Int("num_attention_heads", "n_head");
+            return new ModelConfig
+            {
+                ModelType = r.ModelType,
+                VocabSize = r.Int("vocab_size"),
+                HiddenSize = hidden,
+                NumLayers = r.Int("num_hidden_layers", "n_layer"),
+                NumHeads = heads,
+                NumKeyValueHeads = heads,
+                HeadDim = hidden / heads,
+                IntermediateSize = 4 * hidden,
+                NormEpsilon = r.Double(1e-5, "layer_norm_epsilon"),
+                HiddenAct = "gelu_pytorch_tanh",
+                TieWordEmbeddings = r.Bool("tie_word_embeddings", true),
+                BosTokenId = r.OptInt("bos_token_id"),
+                EosTokenId = r.OptInt("eos_token_id"),
+                PadTokenId = r.OptInt("pad_token_id"),
+                Raw = r.Json,
+            };
+        },
+        WriteConfig = (c, json) =>
+        {
+            json["hidden_size"] = c.HiddenSize; json["n_layer"] = c.NumLayers; json["n_head"] = c.NumHeads;
+            json["layer_norm_epsilon"] = c.NormEpsilon;
+        },
+        Create = c => new BloomForCausalLm(c),
+        LayersPath = "transformer.h",
+        BlockLinears = c =>
+        {
+            long h = c.HiddenSize, i = c.IntermediateSize;
+            return [("self_attention.query_key_value", h, 3 * h), ("self_attention.dense", h, h), ("mlp.dense_h_to_4h", h, i), ("mlp.dense_4h_to_h", i, h)];
+        },
+        LoraTargets = ["query_key_value"],
+        Ia3Targets = ["query_key_value", "mlp.dense_4h_to_h"],
+        Ia3FeedforwardModules = ["mlp.dense_4h_to_h"],
+        Positions = PositionRule.Alibi,
+        TinyConfig = (json, size) =>
+        {
+            json["hidden_size"] = size.Hidden; json["n_layer"] = size.Layers; json["n_head"] = size.Heads; json["layer_norm_epsilon"] = 1e-5;
+        },
+    };
+}
+
 /// <summary>BLOOM (transformers' BloomForCausalLM): ALiBi, embedding layer norm, per-head fused q/k/v, tied lm_head.</summary>
 internal sealed class BloomForCausalLm : CausalLm
 {
@@ -26,6 +78,7 @@ internal sealed class BloomForCausalLm : CausalLm
     public override ModelConfig Config => _config;
 
     /// <summary>BLOOM has no position embeddings: <paramref name="positionIds"/> is ignored; ALiBi follows the mask.</summary>
+    /// <remarks>inputIds: (batch, seq) → logits (batch, seq, vocab) float32.</remarks>
     public override Tensor Forward(Tensor inputIds, Tensor? attentionMask = null, Tensor? positionIds = null, KvCache? cache = null) =>
         Logits(transformer.forward(inputIds, attentionMask, cache), transformer.word_embeddings.weight!);
 
@@ -72,12 +125,13 @@ internal sealed class BloomModel : nn.Module
         RegisterComponents();
     }
 
+    /// <summary>inputIds: (batch, seq) → hidden states (batch, seq, hidden) float32.</summary>
     public Tensor forward(Tensor inputIds, Tensor? attentionMask, KvCache? cache)
     {
         long time = inputIds.shape[1], past = cache?.Length ?? 0;
-        var mask = Attention.FullMask(inputIds, attentionMask, past);
-        var x = word_embeddings_layernorm.forward(word_embeddings.forward(inputIds));
-        var bias = BloomForCausalLm.BuildAlibi(mask, _heads) + Attention.CausalMask(mask, time, x.dtype);
+        var mask = Attention.FullMask(inputIds, attentionMask, past);                                   // (batch, past + seq)
+        var x = word_embeddings_layernorm.forward(word_embeddings.forward(inputIds));                    // (batch, seq, hidden)
+        var bias = BloomForCausalLm.BuildAlibi(mask, _heads) + Attention.CausalMask(mask, time, x.dtype); // (batch, heads, seq, past + seq)
         for (int i = 0; i < h.Count; i++) x = h[i].forward(x, bias, cache, i);
         return ln_f.forward(x);
     }
@@ -102,6 +156,7 @@ internal sealed class BloomBlock : nn.Module
         RegisterComponents();
     }
 
+    /// <summary>x: (batch, seq, hidden) → (batch, seq, hidden).</summary>
     public Tensor forward(Tensor x, Tensor bias, KvCache? cache, int layer)
     {
         var normed = input_layernorm.forward(x);
@@ -127,13 +182,14 @@ internal sealed class BloomAttention : nn.Module
         RegisterComponents();
     }
 
+    /// <summary>x: (batch, seq, hidden), bias: (batch, heads, seq, past + seq) → (batch, seq, hidden).</summary>
     public Tensor forward(Tensor x, Tensor bias, KvCache? cache, int layer)
     {
-        var fused = query_key_value.forward(x).view(x.shape[0], x.shape[1], _heads, 3, _headDim);
-        var q = fused.select(3, 0).transpose(1, 2);
+        var fused = query_key_value.forward(x).view(x.shape[0], x.shape[1], _heads, 3, _headDim); // (batch, seq, heads, 3, head_dim)
+        var q = fused.select(3, 0).transpose(1, 2);                                               // (batch, heads, seq, head_dim)
         var k = fused.select(3, 1).transpose(1, 2);
         var v = fused.select(3, 2).transpose(1, 2);
-        if (cache is not null) (k, v) = cache.Update(layer, k, v);
+        if (cache is not null) (k, v) = cache.Update(layer, k, v);                                // (batch, heads, past + seq, head_dim)
         return dense.forward(Attention.MergeHeads(Attention.Sdpa(q, k, v, bias)));
     }
 }
@@ -151,5 +207,6 @@ internal sealed class BloomMlp : nn.Module
         RegisterComponents();
     }
 
+    /// <summary>x: (batch, seq, hidden) → (batch, seq, hidden) through (batch, seq, 4 × hidden).</summary>
     public Tensor forward(Tensor x) => dense_4h_to_h.forward(Activations.GeluTanh(dense_h_to_4h.forward(x)));
 }

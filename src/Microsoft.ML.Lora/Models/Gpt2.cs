@@ -9,6 +9,61 @@ namespace Microsoft.ML.Lora.Models;
 
 #pragma warning disable IDE1006 // field names are Hugging Face's parameter names
 
+/// <summary>GPT-2's description: GPT2Config's key names (n_embd, n_layer, n_head, n_inner, n_positions) and defaults.</summary>
+internal static class Gpt2Family
+{
+    public static readonly Architecture Gpt2 = new()
+    {
+        ModelType = "gpt2",
+        ClassName = "GPT2LMHeadModel",
+        ReadConfig = r =>
+        {
+            int hidden = r.Int("n_embd", "hidden_size"), heads = r.Int("num_attention_heads", "n_head");
+            return new ModelConfig
+            {
+                ModelType = r.ModelType,
+                VocabSize = r.Int("vocab_size"),
+                HiddenSize = hidden,
+                NumLayers = r.Int("num_hidden_layers", "n_layer"),
+                NumHeads = heads,
+                NumKeyValueHeads = heads,
+                HeadDim = hidden / heads,
+                IntermediateSize = r.OptInt("n_inner") ?? 4 * hidden,
+                MaxPositionEmbeddings = r.OptInt("n_positions") ?? r.OptInt("max_position_embeddings") ?? 1024,
+                NormEpsilon = r.Double(1e-5, "layer_norm_epsilon"),
+                HiddenAct = r.String("gelu_new", "activation_function"),
+                TieWordEmbeddings = r.Bool("tie_word_embeddings", true),
+                BosTokenId = r.OptInt("bos_token_id"),
+                EosTokenId = r.OptInt("eos_token_id"),
+                PadTokenId = r.OptInt("pad_token_id"),
+                Raw = r.Json,
+            };
+        },
+        WriteConfig = (c, json) =>
+        {
+            json["n_embd"] = c.HiddenSize; json["n_layer"] = c.NumLayers; json["n_head"] = c.NumHeads;
+            json["n_inner"] = c.IntermediateSize; json["n_positions"] = c.MaxPositionEmbeddings;
+            json["layer_norm_epsilon"] = c.NormEpsilon; json["activation_function"] = c.HiddenAct;
+        },
+        Create = c => new Gpt2ForCausalLm(c),
+        LayersPath = "transformer.h",
+        BlockLinears = c =>
+        {
+            long h = c.HiddenSize, i = c.IntermediateSize;
+            return [("attn.c_attn", h, 3 * h), ("attn.c_proj", h, h), ("mlp.c_fc", h, i), ("mlp.c_proj", i, h)];
+        },
+        LoraTargets = ["c_attn"],
+        Ia3Targets = ["c_attn", "mlp.c_proj"],
+        Ia3FeedforwardModules = ["mlp.c_proj"],
+        Positions = PositionRule.Learned,
+        TinyConfig = (json, size) =>
+        {
+            json["n_embd"] = size.Hidden; json["n_layer"] = size.Layers; json["n_head"] = size.Heads; json["n_positions"] = 512;
+            json["activation_function"] = "gelu_new"; json["layer_norm_epsilon"] = 1e-5;
+        },
+    };
+}
+
 /// <summary>GPT-2 (transformers' GPT2LMHeadModel): learned positions, Conv1D projections, gelu_new, tied lm_head.</summary>
 internal sealed class Gpt2ForCausalLm : CausalLm
 {
@@ -24,9 +79,10 @@ internal sealed class Gpt2ForCausalLm : CausalLm
 
     public override ModelConfig Config => _config;
 
+    /// <summary>inputIds: (batch, seq) → logits (batch, seq, vocab) float32.</summary>
     public override Tensor Forward(Tensor inputIds, Tensor? attentionMask = null, Tensor? positionIds = null, KvCache? cache = null)
     {
-        var h = transformer.forward(inputIds, attentionMask, positionIds, cache);
+        var h = transformer.forward(inputIds, attentionMask, positionIds, cache); // (batch, seq, hidden)
         return Logits(h, transformer.wte.weight!);
     }
 }
@@ -48,13 +104,14 @@ internal sealed class Gpt2Model : nn.Module
         RegisterComponents();
     }
 
+    /// <summary>inputIds: (batch, seq) → hidden states (batch, seq, hidden) float32.</summary>
     public Tensor forward(Tensor inputIds, Tensor? attentionMask, Tensor? positionIds, KvCache? cache)
     {
         long time = inputIds.shape[1], past = cache?.Length ?? 0;
-        var mask = Attention.FullMask(inputIds, attentionMask, past);
-        positionIds ??= Attention.PositionsFromMask(mask, time);
-        var x = wte.forward(inputIds).As(Precision.Compute) + wpe.forward(positionIds);
-        var bias = Attention.CausalMask(mask, time, x.dtype);
+        var mask = Attention.FullMask(inputIds, attentionMask, past);                    // (batch, past + seq)
+        positionIds ??= Attention.PositionsFromMask(mask, time);                         // (batch, seq)
+        var x = wte.forward(inputIds).As(Precision.Compute) + wpe.forward(positionIds);  // (batch, seq, hidden)
+        var bias = Attention.CausalMask(mask, time, x.dtype);                            // (batch, 1, seq, past + seq)
         for (int i = 0; i < h.Count; i++) x = h[i].forward(x, bias, cache, i);
         return ln_f.forward(x);
     }
@@ -77,6 +134,7 @@ internal sealed class Gpt2Block : nn.Module
         RegisterComponents();
     }
 
+    /// <summary>x: (batch, seq, hidden) → (batch, seq, hidden).</summary>
     public Tensor forward(Tensor x, Tensor mask, KvCache? cache, int layer)
     {
         x = x + attn.forward(ln_1.forward(x), mask, cache, layer);
@@ -101,13 +159,14 @@ internal sealed class Gpt2Attention : nn.Module
         RegisterComponents();
     }
 
+    /// <summary>x: (batch, seq, hidden), mask: (batch, 1, seq, past + seq) → (batch, seq, hidden).</summary>
     public Tensor forward(Tensor x, Tensor mask, KvCache? cache, int layer)
     {
-        var qkv = c_attn.forward(x).split(_hidden, -1);
-        var q = Attention.SplitHeads(qkv[0], _heads, _headDim);
+        var qkv = c_attn.forward(x).split(_hidden, -1);           // 3 × (batch, seq, hidden)
+        var q = Attention.SplitHeads(qkv[0], _heads, _headDim);   // (batch, heads, seq, head_dim)
         var k = Attention.SplitHeads(qkv[1], _heads, _headDim);
         var v = Attention.SplitHeads(qkv[2], _heads, _headDim);
-        if (cache is not null) (k, v) = cache.Update(layer, k, v);
+        if (cache is not null) (k, v) = cache.Update(layer, k, v); // (batch, heads, past + seq, head_dim)
         return c_proj.forward(Attention.MergeHeads(Attention.Sdpa(q, k, v, mask)));
     }
 }
@@ -127,5 +186,6 @@ internal sealed class Gpt2Mlp : nn.Module
         RegisterComponents();
     }
 
+    /// <summary>x: (batch, seq, hidden) → (batch, seq, hidden) through (batch, seq, n_inner).</summary>
     public Tensor forward(Tensor x) => c_proj.forward(Activations.Apply(_act, c_fc.forward(x)));
 }

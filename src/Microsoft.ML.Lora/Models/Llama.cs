@@ -1,3 +1,4 @@
+using System.Text.Json.Nodes;
 using Microsoft.ML.Lora.Generation;
 using TorchSharp;
 using TorchSharp.Modules;
@@ -11,33 +12,113 @@ namespace Microsoft.ML.Lora.Models;
 
 /// <summary>
 /// The LLaMA family (transformers' LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM): RMSNorm, rotary positions
-/// (rope_theta; rope_scaling "linear", "dynamic", "yarn" and "llama3"), grouped-query attention, SwiGLU MLP, tied or untied lm_head.
-/// Qwen2 adds biases on q/k/v; Mistral a sliding window.
+/// (rope_theta; rope_scaling "linear", "dynamic", "yarn", "llama3" and "longrope"), grouped-query attention, SwiGLU
+/// MLP, tied or untied lm_head. Qwen2 adds biases on q/k/v and slides from max_window_layers on; Mistral slides
+/// everywhere. Its skeleton (<see cref="LlamaForCausalLm"/> with <see cref="LlamaParts"/>) also carries Qwen3 and Phi-3.
 /// </summary>
+internal static class LlamaFamily
+{
+    public static readonly Architecture Llama = Describe("llama", "LlamaForCausalLM", LlamaParts.Llama,
+        r => r.Decoder(new DecoderDefaults { MaxPositionEmbeddings = 2048 }));
+
+    public static readonly Architecture Mistral = Describe("mistral", "MistralForCausalLM", LlamaParts.Llama,
+        // MistralConfig: sliding_window 4096 unless config.json sets it (null turns it off); every layer slides.
+        r => r.Decoder(new DecoderDefaults { MaxPositionEmbeddings = 4096 * 32 }) with { SlidingWindow = r.OptInt("sliding_window", 4096) });
+
+    public static readonly Architecture Qwen2 = Describe("qwen2", "Qwen2ForCausalLM", LlamaParts.Qwen2,
+        r => QwenSlidingRule(r, r.Decoder(new DecoderDefaults { MaxPositionEmbeddings = 32768 }) with { AttentionBias = true }));
+
+    /// <summary>A family description with the LLaMA skeleton, its key names and PEFT's LLaMA defaults (override with <c>with</c>).</summary>
+    public static Architecture Describe(string modelType, string className, LlamaParts parts, Func<ConfigReader, ModelConfig> readConfig) => new()
+    {
+        ModelType = modelType,
+        ClassName = className,
+        ReadConfig = readConfig,
+        WriteConfig = (c, json) => WriteDecoderConfig(c, json),
+        Create = c => new LlamaForCausalLm(c, className, parts),
+        LayersPath = "model.layers",
+        BlockLinears = BlockLinears,
+        LoraTargets = ["q_proj", "v_proj"],
+        Ia3Targets = ["k_proj", "v_proj", "down_proj"],
+        Ia3FeedforwardModules = ["down_proj"],
+        Positions = PositionRule.Rotary,
+        TinyConfig = TinyDecoderConfig,
+    };
+
+    /// <summary>
+    /// Qwen2/Qwen3's rule: sliding_window only with use_sliding_window; layers listed in layer_types, else the layers
+    /// from max_window_layers (default 28) on slide (transformers 4.57's Qwen2Config / Qwen3Config).
+    /// </summary>
+    public static ModelConfig QwenSlidingRule(ConfigReader r, ModelConfig c)
+    {
+        int? window = r.Bool("use_sliding_window", false) ? r.OptInt("sliding_window", 4096) : null;
+        int maxWindowLayers = r.OptInt("max_window_layers") ?? 28;
+        return c with { SlidingWindow = window, LayerTypes = r.LayerTypes(c.NumLayers, i => window is not null && i >= maxWindowLayers) };
+    }
+
+    /// <summary>q/k/v/o and gate/up/down of one block.</summary>
+    public static IReadOnlyList<(string Path, long In, long Out)> BlockLinears(ModelConfig c)
+    {
+        long h = c.HiddenSize, i = c.IntermediateSize, q = (long)c.NumHeads * c.HeadDim, kv = (long)c.NumKeyValueHeads * c.HeadDim;
+        return [("self_attn.q_proj", h, q), ("self_attn.k_proj", h, kv), ("self_attn.v_proj", h, kv), ("self_attn.o_proj", q, h),
+            ("mlp.gate_proj", h, i), ("mlp.up_proj", h, i), ("mlp.down_proj", i, h)];
+    }
+
+    /// <summary>The mapped fields under transformers' standard decoder key names.</summary>
+    public static void WriteDecoderConfig(ModelConfig c, JsonObject json, string activationKey = "hidden_act")
+    {
+        json["hidden_size"] = c.HiddenSize; json["num_hidden_layers"] = c.NumLayers; json["num_attention_heads"] = c.NumHeads;
+        json["num_key_value_heads"] = c.NumKeyValueHeads; json["head_dim"] = c.HeadDim; json["intermediate_size"] = c.IntermediateSize;
+        json["max_position_embeddings"] = c.MaxPositionEmbeddings; json["rms_norm_eps"] = c.NormEpsilon;
+        json[activationKey] = c.HiddenAct; json["rope_theta"] = c.RopeTheta;
+        json["rope_scaling"] = c.RopeScaling?.DeepClone();
+        json["attention_bias"] = c.AttentionBias; json["mlp_bias"] = c.MlpBias;
+        if (c.SlidingWindow is int w) { json["sliding_window"] = w; json["use_sliding_window"] = true; }
+        if (c.LayerTypes.Count > 0) json["layer_types"] = new JsonArray([.. c.LayerTypes.Select(t => (JsonNode)JsonValue.Create(t))]);
+        if (c.PartialRotaryFactor != 1) json["partial_rotary_factor"] = c.PartialRotaryFactor;
+        if (c.OriginalMaxPositionEmbeddings is int o) json["original_max_position_embeddings"] = o;
+    }
+
+    /// <summary>A tiny decoder's keys: 4 × hidden MLP, as many key/value heads as heads, 512 positions.</summary>
+    public static void TinyDecoderConfig(JsonObject json, (int Hidden, int Layers, int Heads) size)
+    {
+        json["hidden_size"] = size.Hidden; json["num_hidden_layers"] = size.Layers; json["num_attention_heads"] = size.Heads;
+        json["num_key_value_heads"] = size.Heads; json["intermediate_size"] = 4 * size.Hidden; json["max_position_embeddings"] = 512;
+        json["rms_norm_eps"] = 1e-5; json["tie_word_embeddings"] = true;
+    }
+}
+
+/// <summary>What a LLaMA-like family puts in each block: its attention and its MLP.</summary>
+internal sealed record LlamaParts(Func<ModelConfig, RotaryAttention> Attention, Func<ModelConfig, nn.Module<Tensor, Tensor>> Mlp)
+{
+    /// <summary>LLaMA and Mistral: q/k/v/o with attention_bias, SwiGLU.</summary>
+    public static readonly LlamaParts Llama = new(c => new LlamaAttention(c), c => new LlamaMlp(c));
+
+    /// <summary>Qwen2: biases on q/k/v, never on o_proj.</summary>
+    public static readonly LlamaParts Qwen2 = new(c => new LlamaAttention(c, outputBias: false), c => new LlamaMlp(c));
+}
+
+/// <summary>A LLaMA-like causal LM: <c>model</c> (<see cref="LlamaModel"/>) and an untied <c>lm_head</c> or the tied embedding.</summary>
 internal sealed class LlamaForCausalLm : CausalLm
 {
     private readonly ModelConfig _config;
     internal LlamaModel model;
     internal nn.Module<Tensor, Tensor>? lm_head;
 
-    public LlamaForCausalLm(ModelConfig config) : base(config.ModelType switch
-    {
-        "qwen2" => "Qwen2ForCausalLM",
-        "mistral" => "MistralForCausalLM",
-        _ => "LlamaForCausalLM",
-    })
+    public LlamaForCausalLm(ModelConfig config, string className, LlamaParts parts) : base(className)
     {
         _config = config;
-        model = new LlamaModel(config);
+        model = new LlamaModel(config, parts);
         lm_head = config.TieWordEmbeddings ? null : new Linear(config.HiddenSize, config.VocabSize, hasBias: false);
         RegisterComponents();
     }
 
     public override ModelConfig Config => _config;
 
+    /// <summary>inputIds: (batch, seq) → logits (batch, seq, vocab) float32.</summary>
     public override Tensor Forward(Tensor inputIds, Tensor? attentionMask = null, Tensor? positionIds = null, KvCache? cache = null)
     {
-        var h = model.forward(inputIds, attentionMask, positionIds, cache);
+        var h = model.forward(inputIds, attentionMask, positionIds, cache); // (batch, seq, hidden)
         return lm_head is null ? Logits(h, model.embed_tokens.weight!) : lm_head.forward(h).As(Precision.Compute);
     }
 }
@@ -49,78 +130,29 @@ internal sealed class LlamaModel : nn.Module
     internal ModuleList<LlamaDecoderLayer> layers;
     internal RmsNorm norm;
     private readonly ModelConfig _config;
-    private readonly float[] _originalInvFreq;
-    private readonly double _attentionScaling;
-    private float[] _invFreq;
-    private long _maxSeqLenCached;
-    private readonly bool _dynamic;
-    private readonly int? _slidingWindow;
+    private readonly RotaryFrequencies _rotary;
 
-    public LlamaModel(ModelConfig c) : base("LlamaModel")
+    public LlamaModel(ModelConfig c, LlamaParts parts) : base("LlamaModel")
     {
         embed_tokens = nn.Embedding(c.VocabSize, c.HiddenSize);
-        layers = new ModuleList<LlamaDecoderLayer>([.. Enumerable.Range(0, c.NumLayers).Select(_ => new LlamaDecoderLayer(c))]);
+        layers = new ModuleList<LlamaDecoderLayer>([.. Enumerable.Range(0, c.NumLayers).Select(_ => new LlamaDecoderLayer(c, parts))]);
         norm = new RmsNorm(c.HiddenSize, c.NormEpsilon);
         _config = c;
-        (_invFreq, _attentionScaling) = Rotary.Parameters(c);
-        _originalInvFreq = _invFreq;
-        _maxSeqLenCached = c.MaxPositionEmbeddings;
-        _dynamic = Rotary.RopeType(c) == "dynamic";
-        _slidingWindow = c.SlidingWindow;
+        _rotary = new RotaryFrequencies(c);
         RegisterComponents();
     }
 
+    /// <summary>inputIds: (batch, seq) → hidden states (batch, seq, hidden) float32.</summary>
     public Tensor forward(Tensor inputIds, Tensor? attentionMask, Tensor? positionIds, KvCache? cache)
     {
         long time = inputIds.shape[1], past = cache?.Length ?? 0;
-        var mask = Attention.FullMask(inputIds, attentionMask, past);
-        positionIds ??= Attention.PositionsFromMask(mask, time);
-        var x = embed_tokens.forward(inputIds).As(Precision.Compute);
-        var bias = Attention.CausalMask(mask, time, x.dtype, _slidingWindow);
-        if (_dynamic) UpdateDynamicFrequencies(positionIds);
-        var (cos, sin) = Rotary.CosSin(_invFreq, positionIds, _attentionScaling);
-        for (int i = 0; i < layers.Count; i++) x = layers[i].forward(x, bias, cos, sin, cache, i);
+        var mask = Attention.FullMask(inputIds, attentionMask, past);          // (batch, past + seq)
+        positionIds ??= Attention.PositionsFromMask(mask, time);               // (batch, seq)
+        var x = embed_tokens.forward(inputIds).As(Precision.Compute);          // (batch, seq, hidden)
+        var biases = new LayerMasks(mask, time, x.dtype, _config);
+        var (cos, sin) = _rotary.CosSin(positionIds);                          // (batch, 1, seq, rotary_dim)
+        for (int i = 0; i < layers.Count; i++) x = layers[i].forward(x, biases.For(i), cos, sin, cache, i);
         return norm.forward(x);
-    }
-
-    /// <summary>
-    /// transformers' dynamic_rope_update: the frequencies grow with the longest sequence seen (and stay grown for shorter
-    /// ones), and go back to the original ones once a sequence is shorter than max_position_embeddings.
-    /// </summary>
-    private void UpdateDynamicFrequencies(Tensor positionIds)
-    {
-        using var maxPosition = positionIds.max();
-        long seqLen = maxPosition.ToInt64() + 1, original = _config.MaxPositionEmbeddings;
-        if (seqLen > _maxSeqLenCached)
-        {
-            _invFreq = Rotary.InverseFrequencies(_config, seqLen);
-            _maxSeqLenCached = seqLen;
-        }
-        if (seqLen < original && _maxSeqLenCached > original)
-        {
-            _invFreq = _originalInvFreq;
-            _maxSeqLenCached = original;
-        }
-    }
-}
-
-/// <summary>weight * x / sqrt(mean(x²) + eps), computed and returned in float32 (transformers' LlamaRMSNorm upcasts too).</summary>
-internal sealed class RmsNorm : nn.Module<Tensor, Tensor>
-{
-    public Parameter weight;
-    private readonly double _eps;
-
-    public RmsNorm(long size, double eps) : base("RMSNorm")
-    {
-        weight = new Parameter(ones(size));
-        _eps = eps;
-        RegisterComponents();
-    }
-
-    public override Tensor forward(Tensor x)
-    {
-        var h = x.As(Precision.Compute);
-        return weight.As(Precision.Compute) * (h * rsqrt(h.pow(2).mean([-1], keepdim: true) + _eps));
     }
 }
 
@@ -128,19 +160,20 @@ internal sealed class RmsNorm : nn.Module<Tensor, Tensor>
 internal sealed class LlamaDecoderLayer : nn.Module
 {
     internal RmsNorm input_layernorm;
-    internal LlamaAttention self_attn;
+    internal RotaryAttention self_attn;
     internal RmsNorm post_attention_layernorm;
-    internal LlamaMlp mlp;
+    internal nn.Module<Tensor, Tensor> mlp;
 
-    public LlamaDecoderLayer(ModelConfig c) : base("LlamaDecoderLayer")
+    public LlamaDecoderLayer(ModelConfig c, LlamaParts parts) : base("LlamaDecoderLayer")
     {
         input_layernorm = new RmsNorm(c.HiddenSize, c.NormEpsilon);
-        self_attn = new LlamaAttention(c);
+        self_attn = parts.Attention(c);
         post_attention_layernorm = new RmsNorm(c.HiddenSize, c.NormEpsilon);
-        mlp = new LlamaMlp(c);
+        mlp = parts.Mlp(c);
         RegisterComponents();
     }
 
+    /// <summary>x: (batch, seq, hidden) → (batch, seq, hidden).</summary>
     public Tensor forward(Tensor x, Tensor bias, Tensor cos, Tensor sin, KvCache? cache, int layer)
     {
         x = x + self_attn.forward(input_layernorm.forward(x), bias, cos, sin, cache, layer);
@@ -149,40 +182,35 @@ internal sealed class LlamaDecoderLayer : nn.Module
 }
 
 /// <summary>q_proj, k_proj, v_proj (kv heads may be fewer: GQA), o_proj.</summary>
-internal sealed class LlamaAttention : nn.Module
+internal sealed class LlamaAttention : RotaryAttention
 {
     internal nn.Module<Tensor, Tensor> q_proj;
     internal nn.Module<Tensor, Tensor> k_proj;
     internal nn.Module<Tensor, Tensor> v_proj;
     internal nn.Module<Tensor, Tensor> o_proj;
-    private readonly long _heads, _kvHeads, _headDim;
 
-    public LlamaAttention(ModelConfig c) : base("LlamaAttention")
+    /// <summary>Biases on q/k/v and on o_proj: attention_bias unless given (Qwen2: q/k/v only).</summary>
+    public LlamaAttention(ModelConfig c, bool? qkvBias = null, bool? outputBias = null) : base("LlamaAttention", c)
     {
-        _heads = c.NumHeads;
-        _kvHeads = c.NumKeyValueHeads;
-        _headDim = c.HeadDim;
-        q_proj = new Linear(c.HiddenSize, _heads * _headDim, c.AttentionBias);
-        k_proj = new Linear(c.HiddenSize, _kvHeads * _headDim, c.AttentionBias);
-        v_proj = new Linear(c.HiddenSize, _kvHeads * _headDim, c.AttentionBias);
-        o_proj = new Linear(_heads * _headDim, c.HiddenSize, c.AttentionBias && c.ModelType != "qwen2");
+        q_proj = new Linear(c.HiddenSize, Heads * HeadDim, qkvBias ?? c.AttentionBias);
+        k_proj = new Linear(c.HiddenSize, KvHeads * HeadDim, qkvBias ?? c.AttentionBias);
+        v_proj = new Linear(c.HiddenSize, KvHeads * HeadDim, qkvBias ?? c.AttentionBias);
+        o_proj = new Linear(Heads * HeadDim, c.HiddenSize, outputBias ?? c.AttentionBias);
         RegisterComponents();
     }
 
-    public Tensor forward(Tensor x, Tensor bias, Tensor cos, Tensor sin, KvCache? cache, int layer)
+    /// <summary>x: (batch, seq, hidden) → (batch, seq, hidden).</summary>
+    public override Tensor forward(Tensor x, Tensor bias, Tensor cos, Tensor sin, KvCache? cache, int layer)
     {
-        var q = Rotary.Apply(Attention.SplitHeads(q_proj.forward(x), _heads, _headDim), cos, sin);
-        var k = Rotary.Apply(Attention.SplitHeads(k_proj.forward(x), _kvHeads, _headDim), cos, sin);
-        var v = Attention.SplitHeads(v_proj.forward(x), _kvHeads, _headDim);
-        if (cache is not null) (k, v) = cache.Update(layer, k, v);
-        long groups = _heads / _kvHeads;
-        var y = Attention.Sdpa(q, Attention.RepeatKv(k, groups), Attention.RepeatKv(v, groups), bias);
-        return o_proj.forward(Attention.MergeHeads(y));
+        var q = Attention.SplitHeads(q_proj.forward(x), Heads, HeadDim);   // (batch, heads, seq, head_dim)
+        var k = Attention.SplitHeads(k_proj.forward(x), KvHeads, HeadDim); // (batch, kv_heads, seq, head_dim)
+        var v = Attention.SplitHeads(v_proj.forward(x), KvHeads, HeadDim); // (batch, kv_heads, seq, head_dim)
+        return o_proj.forward(Attend(q, k, v, bias, cos, sin, cache, layer));
     }
 }
 
-/// <summary>down_proj(silu(gate_proj(x)) * up_proj(x)).</summary>
-internal sealed class LlamaMlp : nn.Module
+/// <summary>down_proj(act(gate_proj(x)) * up_proj(x)), act = hidden_act (silu: SwiGLU).</summary>
+internal sealed class LlamaMlp : nn.Module<Tensor, Tensor>
 {
     internal nn.Module<Tensor, Tensor> gate_proj;
     internal nn.Module<Tensor, Tensor> up_proj;
@@ -198,5 +226,6 @@ internal sealed class LlamaMlp : nn.Module
         RegisterComponents();
     }
 
-    public Tensor forward(Tensor x) => down_proj.forward(Activations.Apply(_act, gate_proj.forward(x)) * up_proj.forward(x));
+    /// <summary>x: (batch, seq, hidden) → (batch, seq, hidden) through (batch, seq, intermediate).</summary>
+    public override Tensor forward(Tensor x) => down_proj.forward(Activations.Apply(_act, gate_proj.forward(x)) * up_proj.forward(x));
 }

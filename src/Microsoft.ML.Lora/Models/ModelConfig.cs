@@ -9,10 +9,15 @@ namespace Microsoft.ML.Lora.Models;
 /// </summary>
 public sealed record ModelConfig
 {
-    /// <summary>The supported values of <c>model_type</c>.</summary>
-    public static readonly IReadOnlyList<string> SupportedModelTypes = ["bloom", "gpt2", "llama", "mistral", "qwen2"];
+    /// <summary>The supported values of <c>model_type</c> (one per registered architecture), sorted.</summary>
+    public static IReadOnlyList<string> SupportedModelTypes => Architectures.ModelTypes;
 
-    /// <summary><c>model_type</c>: bloom, gpt2, llama, mistral or qwen2.</summary>
+    /// <summary>A <see cref="LayerTypes"/> entry: the layer attends to every earlier position.</summary>
+    public const string FullAttention = "full_attention";
+    /// <summary>A <see cref="LayerTypes"/> entry: the layer attends to the last <see cref="SlidingWindow"/> positions.</summary>
+    public const string SlidingAttention = "sliding_attention";
+
+    /// <summary><c>model_type</c>, one of <see cref="SupportedModelTypes"/>.</summary>
     public required string ModelType { get; init; }
     /// <summary>Vocabulary size.</summary>
     public required int VocabSize { get; init; }
@@ -44,8 +49,22 @@ public sealed record ModelConfig
     public bool AttentionBias { get; init; }
     /// <summary>Bias on MLP projections (LLaMA's mlp_bias).</summary>
     public bool MlpBias { get; init; }
-    /// <summary>Mistral/Qwen2 sliding window, or null.</summary>
+    /// <summary>Width of the sliding window of the layers that slide (Mistral, Qwen2/3 with use_sliding_window, Phi-3, Gemma 2), or null.</summary>
     public int? SlidingWindow { get; init; }
+    /// <summary>
+    /// Per layer <see cref="FullAttention"/> or <see cref="SlidingAttention"/> (config.json's <c>layer_types</c>, or the
+    /// family's rule: Qwen2/3 slide from max_window_layers on, Gemma 2 alternates starting with sliding, Mistral and
+    /// Phi-3 slide everywhere). Empty: every layer slides when <see cref="SlidingWindow"/> is set.
+    /// </summary>
+    public IReadOnlyList<string> LayerTypes { get; init; } = [];
+    /// <summary>Fraction of head_dim that rotary embeddings rotate (Phi-3's partial_rotary_factor; 1 elsewhere).</summary>
+    public double PartialRotaryFactor { get; init; } = 1;
+    /// <summary>original_max_position_embeddings (Phi-3's longrope uses it), or null when the config has none.</summary>
+    public int? OriginalMaxPositionEmbeddings { get; init; }
+
+    /// <summary>The sliding window of layer <paramref name="layer"/>, or null when it attends to every earlier position.</summary>
+    public int? SlidingWindowOf(int layer) =>
+        LayerTypes.Count == 0 || LayerTypes[layer] == SlidingAttention ? SlidingWindow : null;
     /// <summary>Special token ids.</summary>
     public int? BosTokenId { get; init; }
     /// <summary>End-of-sequence token id (the first when config.json lists several).</summary>
@@ -66,60 +85,16 @@ public sealed record ModelConfig
         return Parse(json, path);
     }
 
-    /// <summary>Maps a parsed config.json; <paramref name="source"/> names it in errors.</summary>
+    /// <summary>Maps a parsed config.json with its architecture's description; <paramref name="source"/> names it in errors.</summary>
     public static ModelConfig Parse(JsonObject json, string source = "config.json")
     {
         string modelType = (json["model_type"] is JsonValue mt && mt.TryGetValue(out string? t) ? t : null)
             ?? throw new InvalidDataException($"'{source}' has no model_type.");
-        if (!SupportedModelTypes.Contains(modelType))
-            throw new NotSupportedException($"model_type '{modelType}' in '{source}' is not supported; supported: {string.Join(", ", SupportedModelTypes)}.");
-
-        int Int(params string[] names)
-        {
-            foreach (var n in names) if (json[n] is JsonValue v && v.TryGetValue(out int i)) return i;
-            throw new InvalidDataException($"'{source}' ({modelType}) has no {string.Join(" / ", names)}.");
-        }
-        int? OptInt(string name) => json[name] switch
-        {
-            JsonValue v when v.TryGetValue(out int i) => i,
-            JsonArray { Count: > 0 } a when a[0] is JsonValue v0 && v0.TryGetValue(out int i0) => i0,
-            _ => null,
-        };
-        double Double(double fallback, params string[] names)
-        {
-            foreach (var n in names) if (json[n] is JsonValue v && v.TryGetValue(out double d)) return d;
-            return fallback;
-        }
-        bool Bool(string name, bool fallback) => json[name] is JsonValue v && v.TryGetValue(out bool b) ? b : fallback;
-
-        // Defaults of the transformers config classes for fields a config.json may leave out.
-        bool layerNorm = modelType is "gpt2" or "bloom";
-        int hidden = Int("hidden_size", "n_embd", "n_embed");
-        int heads = Int("num_attention_heads", "n_head");
-        int? inner = modelType == "gpt2" ? OptInt("n_inner") : modelType == "bloom" ? null : Int("intermediate_size");
-        return new ModelConfig
-        {
-            ModelType = modelType,
-            VocabSize = Int("vocab_size"),
-            HiddenSize = hidden,
-            NumLayers = Int("num_hidden_layers", "n_layer"),
-            NumHeads = heads,
-            NumKeyValueHeads = OptInt("num_key_value_heads") ?? heads,
-            HeadDim = OptInt("head_dim") ?? hidden / heads,
-            IntermediateSize = inner ?? 4 * hidden,
-            MaxPositionEmbeddings = OptInt("max_position_embeddings") ?? OptInt("n_positions") ?? 0,
-            NormEpsilon = Double(layerNorm ? 1e-5 : 1e-6, "rms_norm_eps", "layer_norm_epsilon"),
-            HiddenAct = json["hidden_act"]?.GetValue<string>() ?? json["activation_function"]?.GetValue<string>() ?? (modelType == "bloom" ? "gelu_pytorch_tanh" : ""),
-            RopeTheta = Double(10000, "rope_theta"),
-            RopeScaling = json["rope_scaling"] as JsonObject,
-            TieWordEmbeddings = Bool("tie_word_embeddings", layerNorm),
-            AttentionBias = modelType == "qwen2" || Bool("attention_bias", false),
-            MlpBias = Bool("mlp_bias", false),
-            SlidingWindow = Bool("use_sliding_window", modelType == "mistral") ? OptInt("sliding_window") : null,
-            BosTokenId = OptInt("bos_token_id"),
-            EosTokenId = OptInt("eos_token_id"),
-            PadTokenId = OptInt("pad_token_id"),
-            Raw = json,
-        };
+        var architecture = Architectures.Find(modelType)
+            ?? throw new NotSupportedException($"model_type '{modelType}' in '{source}' is not supported; supported: {string.Join(", ", SupportedModelTypes)}.");
+        return architecture.ReadConfig(new ConfigReader(json, source, modelType));
     }
+
+    /// <summary>The description of this config's architecture (registry entry of <see cref="ModelType"/>).</summary>
+    internal Architecture Architecture => Architectures.For(ModelType);
 }

@@ -28,8 +28,8 @@ public sealed record LoraConfig
     public double LoraDropout { get; init; }
     /// <summary>
     /// <c>target_modules</c>: module names matched as PEFT does (the full path equals the name or ends with "." + name),
-    /// or the single entry <see cref="AllLinear"/>. Null selects the default of the model type (bloom: query_key_value;
-    /// gpt2: c_attn; llama, mistral, qwen2: q_proj, v_proj).
+    /// or the single entry <see cref="AllLinear"/>. Null selects PEFT's default of the model type (<see cref="DefaultTargets"/>;
+    /// bloom: query_key_value; gpt2: c_attn; llama, mistral, qwen2, qwen3, gemma2: q_proj, v_proj; phi3 has none).
     /// </summary>
     public IReadOnlyList<string>? TargetModules { get; init; }
     /// <summary><c>bias</c>: "none" (default), "all" (train every bias) or "lora_only" (train the biases of adapted layers).</summary>
@@ -60,14 +60,13 @@ public sealed record LoraConfig
     /// <summary>The factor applied to B·A.</summary>
     public double Scaling => UseRsLora ? LoraAlpha / Math.Sqrt(R) : LoraAlpha / R;
 
-    /// <summary>PEFT's default target modules for a model type.</summary>
-    public static IReadOnlyList<string> DefaultTargets(string modelType) => modelType switch
-    {
-        "bloom" => ["query_key_value"],
-        "gpt2" => ["c_attn"],
-        "llama" or "mistral" or "qwen2" => ["q_proj", "v_proj"],
-        _ => throw new NotSupportedException($"No default LoRA target modules for model type '{modelType}'; set TargetModules."),
-    };
+    /// <summary>
+    /// PEFT's default target modules for a model type (its architecture's description). Where PEFT has none (phi3),
+    /// throws PEFT's message, suggesting the fused attention projection.
+    /// </summary>
+    public static IReadOnlyList<string> DefaultTargets(string modelType) =>
+        Models.Architectures.For(modelType).LoraTargets
+        ?? throw new ArgumentException($"{Models.Architecture.NoDefaultTargetsMessage} (PEFT has no default LoRA target modules for model type '{modelType}'): set TargetModules, for example [\"qkv_proj\"] or [\"{AllLinear}\"].");
 
     /// <summary>Throws <see cref="ArgumentException"/> when a field is out of range.</summary>
     public void Validate()

@@ -50,7 +50,7 @@ internal sealed class LoraTrainer : IDisposable
     /// </summary>
     internal static HashSet<IntPtr> DecayParameters(nn.Module model)
     {
-        var norms = model.named_modules().Where(m => m.module is LayerNorm or Models.Layers.LayerNorm or Models.RmsNorm)
+        var norms = model.named_modules().Where(m => m.module is LayerNorm or Models.Layers.LayerNorm or Models.Layers.RmsNorm)
             .SelectMany(m => m.module.parameters()).Select(p => p.Handle).ToHashSet();
         return model.named_parameters().Where(p => !norms.Contains(p.parameter.Handle) && !NoDecayName.IsMatch(p.name.ToLowerInvariant()))
             .Select(p => p.parameter.Handle).ToHashSet();

@@ -1,6 +1,7 @@
 using Microsoft.ML.Lora.Checkpoints;
 using Microsoft.ML.Lora.Generation;
 using Microsoft.ML.Lora.Models;
+using Microsoft.ML.Lora.Models.Layers;
 using Xunit.Abstractions;
 using static TorchSharp.torch;
 

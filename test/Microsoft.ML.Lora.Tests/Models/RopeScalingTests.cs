@@ -1,5 +1,6 @@
 using System.Text.Json.Nodes;
 using Microsoft.ML.Lora.Models;
+using Microsoft.ML.Lora.Models.Layers;
 using static TorchSharp.torch;
 
 namespace Microsoft.ML.Lora.Tests.Models;

@@ -1,7 +1,7 @@
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace Microsoft.ML.Lora.Models;
+namespace Microsoft.ML.Lora.Models.Layers;
 
 /// <summary>The activations of transformers' ACT2FN that the supported architectures use.</summary>
 internal static class Activations

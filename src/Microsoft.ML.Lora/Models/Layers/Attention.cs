@@ -1,8 +1,7 @@
-using Microsoft.ML.Lora.Models.Layers;
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace Microsoft.ML.Lora.Models;
+namespace Microsoft.ML.Lora.Models.Layers;
 
 /// <summary>Masks, positions and attention shared by the architectures.</summary>
 internal static class Attention
@@ -59,6 +58,19 @@ internal static class Attention
     public static Tensor Sdpa(Tensor q, Tensor k, Tensor v, Tensor mask) =>
         nn.functional.scaled_dot_product_attention(q.As(Precision.Compute), k.As(Precision.Compute), v.As(Precision.Compute), mask);
 
+    /// <summary>
+    /// transformers' eager_attention_forward in float32: scores = q kᵀ · scale, soft-capped as softcap · tanh(scores / softcap)
+    /// when <paramref name="softcap"/> is set (Gemma 2), plus the mask, softmax, times v. q: (batch, heads, seq, head_dim),
+    /// k and v: (batch, heads, keys, head_dim), mask: (batch, 1, seq, keys) → (batch, heads, seq, head_dim).
+    /// </summary>
+    public static Tensor Eager(Tensor q, Tensor k, Tensor v, Tensor mask, double scale, double? softcap)
+    {
+        var scores = q.As(Precision.Compute).matmul(k.As(Precision.Compute).transpose(2, 3)) * scale; // (batch, heads, seq, keys)
+        if (softcap is double cap) scores = (scores / cap).tanh() * cap;
+        var weights = (scores + mask).softmax(-1);
+        return weights.matmul(v.As(Precision.Compute));
+    }
+
     /// <summary>[B, T, H * D] to [B, H, T, D].</summary>
     public static Tensor SplitHeads(Tensor x, long heads, long headDim) =>
         x.view(x.shape[0], x.shape[1], heads, headDim).transpose(1, 2);
@@ -66,4 +78,22 @@ internal static class Attention
     /// <summary>[B, H, T, D] to [B, T, H * D].</summary>
     public static Tensor MergeHeads(Tensor x) =>
         x.transpose(1, 2).reshape(x.shape[0], x.shape[2], x.shape[1] * x.shape[3]);
+}
+
+/// <summary>
+/// The additive masks of one forward pass, one per distinct sliding window of the layers (full attention and at most
+/// one window in the supported families), built once and shared by the layers that use them.
+/// </summary>
+internal sealed class LayerMasks(Tensor mask, long time, ScalarType dtype, ModelConfig config)
+{
+    private readonly Dictionary<int, Tensor> _byWindow = new();
+    private Tensor? _full;
+
+    /// <summary>The mask (batch, 1, seq, past + seq) of layer <paramref name="layer"/> (its sliding window from the config).</summary>
+    public Tensor For(int layer)
+    {
+        if (config.SlidingWindowOf(layer) is not int w) return _full ??= Attention.CausalMask(mask, time, dtype);
+        if (!_byWindow.TryGetValue(w, out var m)) _byWindow[w] = m = Attention.CausalMask(mask, time, dtype, w);
+        return m;
+    }
 }
