@@ -24,20 +24,15 @@ public sealed record IA3Config
     /// <summary><c>base_model_name_or_path</c> written to adapter_config.json.</summary>
     public string? BaseModelNameOrPath { get; init; }
 
-    /// <summary>PEFT's TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING for the model types this library loads.</summary>
-    public static IReadOnlyList<string> DefaultTargets(string modelType) => Defaults(modelType).Targets;
+    /// <summary>PEFT's TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING for the model types this library loads (from the architecture registry).</summary>
+    public static IReadOnlyList<string> DefaultTargets(string modelType) => Defaults(modelType).Ia3Targets!;
 
-    /// <summary>PEFT's TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING for the model types this library loads.</summary>
-    public static IReadOnlyList<string> DefaultFeedforward(string modelType) => Defaults(modelType).Feedforward;
+    /// <summary>PEFT's TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING for the model types this library loads (from the architecture registry).</summary>
+    public static IReadOnlyList<string> DefaultFeedforward(string modelType) => Defaults(modelType).Ia3FeedforwardModules!;
 
-    private static (string[] Targets, string[] Feedforward) Defaults(string modelType) => modelType switch
-    {
-        "bloom" => (["query_key_value", "mlp.dense_4h_to_h"], ["mlp.dense_4h_to_h"]),
-        "gpt2" => (["c_attn", "mlp.c_proj"], ["mlp.c_proj"]),
-        "llama" or "mistral" => (["k_proj", "v_proj", "down_proj"], ["down_proj"]),
-        "qwen2" or "qwen3" or "gemma" or "gemma2" => (["q_proj", "v_proj", "down_proj"], ["down_proj"]),
-        _ => throw new NotSupportedException($"PEFT has no default IA3 target modules for model type '{modelType}'; set IA3Config.TargetModules and FeedforwardModules."),
-    };
+    private static Models.Architecture Defaults(string modelType) =>
+        Models.Architectures.Find(modelType) is { Ia3Targets: not null, Ia3FeedforwardModules: not null } architecture ? architecture
+        : throw new NotSupportedException($"PEFT has no default IA3 target modules for model type '{modelType}'; set IA3Config.TargetModules and FeedforwardModules.");
 
     /// <summary>Throws <see cref="ArgumentException"/> when the fields do not fit together (PEFT's __post_init__ checks).</summary>
     public void Validate()
