@@ -1,3 +1,4 @@
+using System.Text;
 using Microsoft.ML.Tokenizers;
 
 namespace Microsoft.ML.Lora.Tokenization;
@@ -22,8 +23,13 @@ internal sealed class ByteLevelBpe : IBpeModel
 {
     private readonly BpeTokenizer _bpe;
     private readonly HfPreTokenizer _preTokenizer;
+    private readonly IReadOnlyDictionary<string, int>? _wholeWords;
 
-    public ByteLevelBpe(Dictionary<string, int> vocab, IEnumerable<string> merges, HfPreTokenizer preTokenizer)
+    /// <param name="vocab">Token (in GPT-2's byte alphabet) to id.</param>
+    /// <param name="merges">"a b" merge lines by rank.</param>
+    /// <param name="preTokenizer">The pre-tokenizer steps of tokenizer.json.</param>
+    /// <param name="ignoreMerges">tokenizer.json's <c>ignore_merges</c>: a word that is in the vocabulary is one token.</param>
+    public ByteLevelBpe(Dictionary<string, int> vocab, IEnumerable<string> merges, HfPreTokenizer preTokenizer, bool ignoreMerges = false)
     {
         _preTokenizer = preTokenizer;
         _bpe = BpeTokenizer.Create(new BpeOptions(vocab)
@@ -32,6 +38,7 @@ internal sealed class ByteLevelBpe : IBpeModel
             ByteLevel = true,
             PreTokenizer = preTokenizer,
         });
+        _wholeWords = ignoreMerges ? vocab : null;
     }
 
     public BpeTokenizer Inner => _bpe;
@@ -39,7 +46,19 @@ internal sealed class ByteLevelBpe : IBpeModel
     public void Encode(string text, List<int> ids, bool atStart)
     {
         if (text.Length == 0) return;
-        ids.AddRange(_bpe.EncodeToIds(_preTokenizer.Prepare(text, atStart), considerPreTokenization: true, considerNormalization: false));
+        var prepared = _preTokenizer.Prepare(text, atStart);
+        if (_wholeWords is null)
+        {
+            ids.AddRange(_bpe.EncodeToIds(prepared, considerPreTokenization: true, considerNormalization: false));
+            return;
+        }
+        // HF's BPE with ignore_merges looks each pre-tokenized word up before merging it.
+        foreach (var (o, l) in _preTokenizer.Pieces(prepared))
+        {
+            var word = prepared.Substring(o, l);
+            if (_wholeWords.TryGetValue(ToByteAlphabet(word), out var id)) ids.Add(id);
+            else ids.AddRange(_bpe.EncodeToIds(word, considerPreTokenization: false, considerNormalization: false));
+        }
     }
 
     public bool TryEncodeWithOffsets(string text, int baseOffset, List<TokenSpan> output, bool atStart)
@@ -47,13 +66,40 @@ internal sealed class ByteLevelBpe : IBpeModel
         if (text.Length == 0) return true;
         var prepared = _preTokenizer.Prepare(text, atStart);
         var shift = prepared.Length - text.Length; // a prefix space added by ByteLevel maps to offset 0
-        foreach (var t in _bpe.EncodeToTokens(prepared, out _, considerPreTokenization: true, considerNormalization: false))
+        void Add(int id, int start, int length)
         {
-            var (start, length) = t.Offset.GetOffsetAndLength(prepared.Length);
             var s = Math.Max(0, start - shift);
             var e = Math.Max(0, start + length - shift);
-            output.Add(new TokenSpan(t.Id, baseOffset + s, e - s));
+            output.Add(new TokenSpan(id, baseOffset + s, e - s));
+        }
+        if (_wholeWords is null)
+        {
+            foreach (var t in _bpe.EncodeToTokens(prepared, out _, considerPreTokenization: true, considerNormalization: false))
+            {
+                var (start, length) = t.Offset.GetOffsetAndLength(prepared.Length);
+                Add(t.Id, start, length);
+            }
+            return true;
+        }
+        foreach (var (o, l) in _preTokenizer.Pieces(prepared))
+        {
+            var word = prepared.Substring(o, l);
+            if (_wholeWords.TryGetValue(ToByteAlphabet(word), out var id)) { Add(id, o, l); continue; }
+            foreach (var t in _bpe.EncodeToTokens(word, out _, considerPreTokenization: false, considerNormalization: false))
+            {
+                var (start, length) = t.Offset.GetOffsetAndLength(word.Length);
+                Add(t.Id, o + start, length);
+            }
         }
         return true;
+    }
+
+    /// <summary>A word's UTF-8 bytes written in GPT-2's byte alphabet, the spelling of the vocabulary.</summary>
+    private static string ToByteAlphabet(string word)
+    {
+        var bytes = Encoding.UTF8.GetBytes(word);
+        var chars = new char[bytes.Length];
+        for (var i = 0; i < bytes.Length; i++) chars[i] = ByteLevel.ByteToChar[bytes[i]];
+        return new string(chars);
     }
 }

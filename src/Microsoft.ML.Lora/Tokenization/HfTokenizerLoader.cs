@@ -37,8 +37,7 @@ internal static class HfTokenizerLoader
         var model = root.GetProperty("model");
         var modelType = Str(model, "type") ?? (model.TryGetProperty("merges", out _) ? "BPE" : null);
         if (modelType != "BPE") throw Unsupported("model", modelType, path);
-        if (model.TryGetProperty("dropout", out var dropout) && dropout.ValueKind == JsonValueKind.Number && dropout.GetDouble() > 0)
-            throw Unsupported("model option", "BPE dropout", path);
+        var flags = BpeModelFlags.Read(model, path);
         var vocab = new Dictionary<string, int>();
         foreach (var p in model.GetProperty("vocab").EnumerateObject()) vocab[p.Name] = p.Value.GetInt32();
         var merges = new List<(string, string)>();
@@ -68,16 +67,13 @@ internal static class HfTokenizerLoader
         IBpeModel bpe;
         if (byteLevel)
         {
-            if (model.TryGetProperty("byte_fallback", out var bf) && bf.GetBoolean())
-                throw Unsupported("model option", "byte_fallback with a ByteLevel pre-tokenizer", path);
-            bpe = new ByteLevelBpe(vocab, merges.Select(m => m.Item1 + " " + m.Item2), preTokenizer);
+            if (flags.ByteFallback)
+                throw new NotSupportedException($"Unsupported model flag 'byte_fallback: true' with a ByteLevel pre-tokenizer in '{path}': " +
+                    "byte-level BPE already covers every byte.");
+            bpe = new ByteLevelBpe(vocab, merges.Select(m => m.Item1 + " " + m.Item2), preTokenizer, flags.IgnoreMerges);
         }
         else
-        {
-            var byteFallback = model.TryGetProperty("byte_fallback", out var bf) && bf.GetBoolean();
-            bpe = new SentencePieceBpe(vocab, merges, byteFallback, Str(model, "unk_token"),
-                preSteps.Count == 0 ? null : preTokenizer);
-        }
+            bpe = new SentencePieceBpe(vocab, merges, flags, Str(model, "unk_token"), preSteps.Count == 0 ? null : preTokenizer);
 
         var (prefix, suffix) = PostProcessor(root, vocab, added, path, file);
         return Build(vocab, added, normalizer, bpe, decoder, prefix, suffix, cfg);

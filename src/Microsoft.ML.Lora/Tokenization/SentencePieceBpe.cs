@@ -14,10 +14,14 @@ internal sealed class SentencePieceBpe : IBpeModel
     private readonly int[]? _byteIds;
     private readonly int? _unkId;
     private readonly HfPreTokenizer? _preTokenizer;
+    private readonly bool _ignoreMerges, _fuseUnk;
 
-    public SentencePieceBpe(Dictionary<string, int> vocab, IReadOnlyList<(string, string)> merges, bool byteFallback,
+    public SentencePieceBpe(Dictionary<string, int> vocab, IReadOnlyList<(string, string)> merges, BpeModelFlags flags,
         string? unkToken, HfPreTokenizer? preTokenizer)
     {
+        var byteFallback = flags.ByteFallback;
+        _ignoreMerges = flags.IgnoreMerges;
+        _fuseUnk = flags.FuseUnk;
         _vocab = vocab;
         _ranks = new Dictionary<(string, string), int>(merges.Count);
         for (var i = 0; i < merges.Count; i++) _ranks.TryAdd(merges[i], i);
@@ -47,11 +51,13 @@ internal sealed class SentencePieceBpe : IBpeModel
         public required string Text;
         public int Prev = -1, Next = -1;
         public bool Dead, Fixed; // Fixed: a byte-fallback or unknown piece, never merged
+        public bool IsUnk; // the unknown token (fuse_unk joins a run of them)
         public int Id = -1;
     }
 
     private void EncodeWord(string word, List<int> ids)
     {
+        if (_ignoreMerges && _vocab.TryGetValue(word, out var whole)) { ids.Add(whole); return; }
         var symbols = new List<Symbol>(word.Length);
         for (var i = 0; i < word.Length; i++)
         {
@@ -61,7 +67,8 @@ internal sealed class SentencePieceBpe : IBpeModel
             if (_vocab.ContainsKey(ch)) symbols.Add(new Symbol { Text = ch });
             else if (_byteIds != null)
                 foreach (var b in Encoding.UTF8.GetBytes(ch)) symbols.Add(new Symbol { Text = ch, Fixed = true, Id = _byteIds[b] });
-            else symbols.Add(new Symbol { Text = ch, Fixed = true, Id = _unkId ?? throw new InvalidOperationException($"no token for '{ch}' and no unk_token") });
+            else if (_fuseUnk && symbols.Count > 0 && symbols[^1] is { Fixed: true, IsUnk: true } previous) previous.Text += ch;
+            else symbols.Add(new Symbol { Text = ch, Fixed = true, IsUnk = true, Id = _unkId ?? throw new InvalidOperationException($"no token for '{ch}' and no unk_token") });
         }
         for (var i = 0; i < symbols.Count; i++) { symbols[i].Prev = i - 1; symbols[i].Next = i + 1 < symbols.Count ? i + 1 : -1; }
 
