@@ -53,7 +53,11 @@ internal static class LlamaFamily
     {
         int? window = r.Bool("use_sliding_window", false) ? r.OptInt("sliding_window", 4096) : null;
         int maxWindowLayers = r.OptInt("max_window_layers") ?? 28;
-        return c with { SlidingWindow = window, LayerTypes = r.LayerTypes(c.NumLayers, i => window is not null && i >= maxWindowLayers) };
+        var types = r.LayerTypes(c.NumLayers, i => window is not null && i >= maxWindowLayers);
+        // transformers refuses a sliding layer without a window (create_sliding_window_causal_mask needs one).
+        if (window is null && types.Contains(ModelConfig.SlidingAttention))
+            throw r.Error("has sliding_attention in layer_types but no window (use_sliding_window is not true or sliding_window is null)");
+        return c with { SlidingWindow = window, LayerTypes = types };
     }
 
     /// <summary>q/k/v/o and gate/up/down of one block.</summary>
