@@ -20,6 +20,12 @@ internal sealed record ModelLoadOptions
     /// (<see cref="CausalLm.Float32Arithmetic"/>).
     /// </summary>
     public ScalarType? ComputeDType { get; init; }
+
+    /// <summary>
+    /// transformers' quantization_config: quantize the linear layers to 8 or 4 bits while loading (null: none). A
+    /// checkpoint saved pre-quantized brings its own, which wins (docs/quantization.md).
+    /// </summary>
+    public Quantization.BitsAndBytesConfig? QuantizationConfig { get; init; }
 }
 
 /// <summary>A checkpoint that does not fit the model built from its config.json; the message names every tensor at fault.</summary>
@@ -46,7 +52,8 @@ internal static class ModelLoader
         try
         {
             model.to(options.DType).to(device);
-            LoadWeights(model, checkpoint);
+            var quantization = Quantization.QuantizedLoading.Effective(checkpoint, config, options.QuantizationConfig);
+            LoadWeights(model, checkpoint, quantization is null ? null : Quantization.QuantizedLoading.Apply(model, checkpoint, quantization, options.DType, device));
             model.Float32Arithmetic = options.ComputeDType == ScalarType.Float32 && options.DType != ScalarType.Float32;
             ModelFactory.Freeze(model);
             model.eval();
@@ -86,13 +93,18 @@ internal static class ModelLoader
         name.EndsWith(".attn.bias", StringComparison.Ordinal) || name.EndsWith(".attn.masked_bias", StringComparison.Ordinal)
         || name.EndsWith("rotary_emb.inv_freq", StringComparison.Ordinal);
 
-    /// <summary>Copies every parameter from <paramref name="checkpoint"/>; throws naming all missing, unexpected and mis-shaped tensors.</summary>
-    internal static void LoadWeights(CausalLm model, CheckpointFolder checkpoint)
+    /// <summary>
+    /// Copies every parameter from <paramref name="checkpoint"/>, except the names in <paramref name="alreadyLoaded"/> (model
+    /// parameters and checkpoint tensors already loaded, by quantization); throws naming all missing, unexpected and
+    /// mis-shaped tensors.
+    /// </summary>
+    internal static void LoadWeights(CausalLm model, CheckpointFolder checkpoint, IReadOnlySet<string>? alreadyLoaded = null)
     {
+        var loadedByQuantization = alreadyLoaded ?? new HashSet<string>();
         var missing = new List<string>();
         var mismatched = new List<string>();
         var used = new HashSet<string>(StringComparer.Ordinal);
-        var parameters = model.named_parameters().ToList();
+        var parameters = model.named_parameters().Where(p => !loadedByQuantization.Contains(p.name)).ToList();
         // Checkpoints of the bare model (openai-community/gpt2) lack the "transformer." / "model." prefix.
         string? Resolve(string name)
         {
@@ -110,7 +122,7 @@ internal static class ModelLoader
         }
         bool tied = model.Config.TieWordEmbeddings && parameters.All(p => p.name != "lm_head.weight");
         var unexpected = checkpoint.Names
-            .Where(n => !used.Contains(n) && !IsIgnorable(n) && !(tied && n == "lm_head.weight"))
+            .Where(n => !used.Contains(n) && !loadedByQuantization.Contains(n) && !IsIgnorable(n) && !(tied && n == "lm_head.weight"))
             .OrderBy(n => n, StringComparer.Ordinal).ToList();
         if (missing.Count + unexpected.Count + mismatched.Count > 0)
         {

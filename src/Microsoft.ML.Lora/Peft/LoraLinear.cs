@@ -64,8 +64,11 @@ internal sealed class LoraLinear : nn.Module<Tensor, Tensor>, ILinear
     {
         config.Validate();
         if (lora_A.Items.ContainsKey(name)) throw new ArgumentException($"Adapter '{name}' already exists on this layer.");
+        if (config.UseDora && Base is Quantization.IQuantizedLinear)
+            throw new NotSupportedException($"DoRA over a quantized base layer ({base_layer.GetType().Name}) is not supported; load the base without quantization.");
         var w = Base.weight;
-        var dtype = autocastAdapterDtype && w.dtype is ScalarType.BFloat16 or ScalarType.Float16 ? ScalarType.Float32 : w.dtype;
+        // A quantized base (uint8/int8 weight) keeps nn.Linear's float32 adapters, as PEFT's _move_adapter_to_device_of_base_layer.
+        var dtype = !w.is_floating_point() || autocastAdapterDtype && w.dtype is ScalarType.BFloat16 or ScalarType.Float16 ? ScalarType.Float32 : w.dtype;
         var a = nn.Linear(InFeatures, config.R, hasBias: false, device: w.device, dtype: dtype);
         var b = nn.Linear(config.R, OutFeatures, hasBias: false, device: w.device, dtype: dtype);
         using (no_grad())
@@ -172,9 +175,24 @@ internal sealed class LoraLinear : nn.Module<Tensor, Tensor>, ILinear
                 _doraNorms[adapter] = norm.detach().MoveToOuterDisposeScope();
                 w.copy_((DoraFactor(dora, _doraNorms[adapter]) * (w.to(d.dtype) + d)).to(w.dtype));
             }
-            else w.add_(d.to(w.dtype));
+            else AddToBase(d);
         }
         _merged.Add(adapter);
+    }
+
+    /// <summary>
+    /// base weight += <paramref name="delta"/>; a quantized base is dequantized, added to and quantized again (PEFT's
+    /// merge into bitsandbytes' Linear4bit / Linear8bitLt, which rounds the merged weight again).
+    /// </summary>
+    private void AddToBase(Tensor delta)
+    {
+        if (Base is Quantization.IQuantizedLinear q)
+        {
+            using var dense = q.DequantizeWeight();
+            using var sum = dense + delta;
+            q.Requantize(sum);
+        }
+        else Base.weight.add_(delta.to(Base.weight.dtype));
     }
 
     /// <summary>m / n laid out to scale the base weight's output rows ([out, 1], or [1, out] when fan_in_fan_out).</summary>
@@ -192,7 +210,7 @@ internal sealed class LoraLinear : nn.Module<Tensor, Tensor>, ILinear
                 var w = Base.weight;
                 if (lora_magnitude_vector.Items.TryGetValue(adapter, out var dora) && _doraNorms.Remove(adapter, out var norm))
                     using (norm) w.copy_((w.to(d.dtype) / DoraFactor(dora, norm) - d).to(w.dtype));
-                else w.sub_(d.to(w.dtype));
+                else AddToBase(d.neg());
             }
         _merged.Clear();
     }

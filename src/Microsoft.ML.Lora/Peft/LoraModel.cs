@@ -169,7 +169,9 @@ internal sealed class LoraModel
     public (long Trainable, long All) CountParameters()
     {
         var ps = DistinctParameters(Model);
-        return (ps.Where(p => p.P.requires_grad).Sum(p => p.P.numel()), ps.Sum(p => p.P.numel()));
+        // A uint8 parameter is a 4-bit weight packed two to a byte: PEFT counts Params4bit as numel * 2.
+        static long Count(Parameter p) => p.dtype == ScalarType.Byte ? 2 * p.numel() : p.numel();
+        return (ps.Where(p => p.P.requires_grad).Sum(p => Count(p.P)), ps.Sum(p => Count(p.P)));
     }
 
     /// <summary>PEFT's print_trainable_parameters line.</summary>

@@ -136,10 +136,16 @@ internal sealed class QuantState4Bit : IDisposable
 
     private static Tensor Move(Tensor t, Device device)
     {
-        if (t.device == device) return t;
+        if (t.device_type == device.type && t.device_index == device.index) return t;
         var moved = t.to(device);
         t.Dispose();
         return moved;
+    }
+
+    /// <summary>Takes every tensor out of any dispose scope: the state belongs to the module that holds it.</summary>
+    public void DetachFromDisposeScope()
+    {
+        foreach (var t in Tensors()) t.DetachFromDisposeScope();
     }
 
     private void MoveToOuterDisposeScope()
