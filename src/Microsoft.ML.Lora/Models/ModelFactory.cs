@@ -38,12 +38,14 @@ internal static class ModelFactory
     /// <summary>Writes config.json and model.safetensors (Hugging Face names; tied lm_head omitted) to <paramref name="folder"/>.</summary>
     public static void Save(CausalLm model, string folder)
     {
-        Directory.CreateDirectory(folder);
         var json = ToJson(model.Config);
-        File.WriteAllText(Path.Combine(folder, "config.json"), json.ToJsonString(new System.Text.Json.JsonSerializerOptions { WriteIndented = true }));
-        SafeTensorsWriter.Save(Path.Combine(folder, CheckpointFolder.SingleFile),
-            model.named_parameters().Select(p => KeyValuePair.Create(p.name, (Tensor)p.parameter)),
-            new Dictionary<string, string> { ["format"] = "pt" });
+        AtomicFolder.Write(folder, tmp => // a kill or a full disk leaves the previous model folder whole
+        {
+            File.WriteAllText(Path.Combine(tmp, "config.json"), json.ToJsonString(new System.Text.Json.JsonSerializerOptions { WriteIndented = true }));
+            SafeTensorsWriter.Save(Path.Combine(tmp, CheckpointFolder.SingleFile),
+                model.named_parameters().Select(p => KeyValuePair.Create(p.name, (Tensor)p.parameter)),
+                new Dictionary<string, string> { ["format"] = "pt" });
+        }, keepOtherEntries: true);
     }
 
     /// <summary>config.json for <paramref name="c"/>: its raw JSON with the mapped fields written under the architecture's key names.</summary>

@@ -103,7 +103,7 @@ internal static class PeftAdapterIO
         };
     }
 
-    /// <summary>Writes the adapter folder; a failure leaves the previous adapter files as they were.</summary>
+    /// <summary>Writes the adapter folder (see <see cref="WriteFolder"/>).</summary>
     public static void Save(LoraModel model, string folder, string? adapter = null)
     {
         adapter ??= model.ActiveAdapter;
@@ -112,27 +112,26 @@ internal static class PeftAdapterIO
         WriteFolder(folder, StateDict(model, adapter), ConfigJson(config, targets));
     }
 
-    /// <summary>Writes <paramref name="state"/> and <paramref name="config"/> as an adapter folder of any method; a failure leaves the previous files as they were.</summary>
+    /// <summary>
+    /// Writes <paramref name="state"/> and <paramref name="config"/> as an adapter folder of any method, as one folder
+    /// swap (<see cref="AtomicFolder"/>): a kill or a failure leaves the previous adapter as it was; other files of the
+    /// folder are kept.
+    /// </summary>
     public static void WriteFolder(string folder, IReadOnlyDictionary<string, Tensor> state, JsonObject config)
     {
-        Directory.CreateDirectory(folder);
         var cpu = state.Select(kv => new KeyValuePair<string, Tensor>(kv.Key, kv.Value.detach().cpu().contiguous())).ToList();
-        string id = Guid.NewGuid().ToString("N");
-        string tmpWeights = Path.Combine(folder, $".{WeightsFile}.{id}.part"), tmpConfig = Path.Combine(folder, $".{ConfigFile}.{id}.part");
         try
         {
-            // Both files are complete on disk before either replaces the previous adapter.
-            SafeTensorsWriter.Save(tmpWeights, cpu, new Dictionary<string, string> { ["format"] = "pt" });
-            AtomicFile.WriteAllText(tmpConfig, config.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
-            BeforeCommit?.Invoke(folder);
-            File.Move(tmpWeights, Path.Combine(folder, WeightsFile), overwrite: true);
-            File.Move(tmpConfig, Path.Combine(folder, ConfigFile), overwrite: true);
+            AtomicFolder.Write(folder, tmp =>
+            {
+                SafeTensorsWriter.Save(Path.Combine(tmp, WeightsFile), cpu, new Dictionary<string, string> { ["format"] = "pt" });
+                AtomicFile.WriteAllText(Path.Combine(tmp, ConfigFile), config.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+                BeforeCommit?.Invoke(folder);
+            }, keepOtherEntries: true);
         }
         finally
         {
             foreach (var kv in cpu) kv.Value.Dispose();
-            File.Delete(tmpWeights);
-            File.Delete(tmpConfig);
         }
     }
 

@@ -226,37 +226,22 @@ internal sealed class LoraTrainer : IDisposable
         LossScale = Scaler?.Scale, LossScaleGoodSteps = Scaler?.GoodSteps ?? 0,
     };
 
-    /// <summary>Writes adapter (PEFT format), optimizer state and trainer state into <paramref name="folder"/> atomically (temp folder + rename).</summary>
-    public void SaveCheckpoint(string folder, int totalSteps, int truncated = 0)
+    /// <summary>
+    /// Writes adapter (PEFT format), optimizer state and trainer state into <paramref name="folder"/> as one folder
+    /// swap (<see cref="AtomicFolder"/>): re-saving an existing checkpoint-N keeps the old or the new one whole at
+    /// every instant, and leftovers of killed saves are removed.
+    /// </summary>
+    public void SaveCheckpoint(string folder, int totalSteps, int truncated = 0) => AtomicFolder.Write(folder, tmp =>
     {
-        var full = Path.GetFullPath(folder);
-        var tmp = full + $".tmp-{Environment.ProcessId}";
-        if (Directory.Exists(tmp)) Directory.Delete(tmp, true);
-        Directory.CreateDirectory(tmp);
-        try
-        {
-            PeftAdapterIO.Save(_model, tmp);
-            _optimizer.save_state_dict(Path.Combine(tmp, OptimizerFile));
-            AtomicFile.WriteAllText(Path.Combine(tmp, TrainerState.FileName), State(totalSteps, truncated).ToJson());
-            if (Directory.Exists(full))
-            {
-                var old = full + $".old-{Environment.ProcessId}";
-                Directory.Move(full, old);
-                Directory.Move(tmp, full);
-                Directory.Delete(old, true);
-            }
-            else Directory.Move(tmp, full);
-        }
-        catch
-        {
-            if (Directory.Exists(tmp)) Directory.Delete(tmp, true);
-            throw;
-        }
-    }
+        PeftAdapterIO.Save(_model, tmp);
+        _optimizer.save_state_dict(Path.Combine(tmp, OptimizerFile));
+        AtomicFile.WriteAllText(Path.Combine(tmp, TrainerState.FileName), State(totalSteps, truncated).ToJson());
+    });
 
     /// <summary>Loads adapter weights, optimizer state and position from a checkpoint folder.</summary>
     public void Resume(string folder, int? expectedTotalSteps = null)
     {
+        AtomicFolder.Recover(folder);
         var state = TrainerState.Read(folder);
         if (expectedTotalSteps is int t && state.TotalSteps != t)
             throw new InvalidOperationException($"Checkpoint '{folder}' was written for {state.TotalSteps} total steps; these options give {t}. Resume with the same options.");
