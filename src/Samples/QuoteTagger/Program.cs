@@ -131,7 +131,7 @@ using (var engine = ml.Model.CreatePredictionEngine<QuoteData, TagPrediction>(mo
     }
 
 string zip = Path.Combine(outputDirectory, "quote-tagger.zip");
-ml.Model.Save(model, data.Schema, zip);
+ml.Model.SaveAtomically(model, data.Schema, zip); // a kill or a full disk during the save keeps the previous zip
 long adapterBytes;
 using (var archive = System.IO.Compression.ZipFile.OpenRead(zip))
     adapterBytes = archive.Entries.Where(e => e.FullName.EndsWith("adapter_model.safetensors", StringComparison.Ordinal)).Sum(e => e.Length);
