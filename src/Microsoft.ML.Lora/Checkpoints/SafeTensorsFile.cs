@@ -48,9 +48,11 @@ public sealed class SafeTensorsFile : IDisposable
     /// <summary>Opens and validates a safetensors file.</summary>
     public static SafeTensorsFile Open(string path)
     {
-        var length = new FileInfo(path).Length;
-        if (length < 8) throw Bad(path, $"the file is {length} bytes long; a safetensors file starts with an 8-byte header length.");
         using var stream = File.OpenRead(path);
+        // The opened file's length, not FileInfo's: in a Hugging Face cache the path is a symlink into blobs/, and
+        // FileInfo.Length is the length of the link itself.
+        var length = stream.Length;
+        if (length < 8) throw Bad(path, $"the file is {length} bytes long; a safetensors file starts with an 8-byte header length.");
         Span<byte> prefix = stackalloc byte[8];
         stream.ReadExactly(prefix);
         ulong headerLength = BitConverter.ToUInt64(prefix);
@@ -164,8 +166,12 @@ public sealed class SafeTensorsFile : IDisposable
             throw Bad(path, $"tensor '{name}' has no data_offsets [begin, end].");
         if (begin < 0 || end < begin) throw Bad(path, $"tensor '{name}' has invalid data_offsets [{begin}, {end}].");
 
-        long elements = shape.Aggregate(1L, (a, b) => checked(a * b));
-        long expected = checked(elements * dtype.ElementSize());
+        long expected;
+        try { expected = shape.Contains(0) ? 0 : checked(shape.Aggregate(1L, (a, b) => a * b) * dtype.ElementSize()); }
+        catch (OverflowException)
+        {
+            throw Bad(path, $"tensor '{name}': shape [{string.Join(", ", shape)}] of {dtypeName} has more bytes than a 64-bit size can count.");
+        }
         if (expected != end - begin)
             throw Bad(path, $"tensor '{name}': shape [{string.Join(", ", shape)}] of {dtypeName} needs {expected} bytes but data_offsets [{begin}, {end}] span {end - begin}.");
         return new SafeTensorInfo(name, dtype, shape.ToArray(), begin, end);

@@ -31,7 +31,7 @@ internal sealed record GenerationOptions
     public Func<IReadOnlyList<int>, string>? Decode { get; init; }
     /// <summary>Padding id for left padding and for finished rows (null: the model's pad_token_id, else 0).</summary>
     public int? PadTokenId { get; init; }
-    /// <summary>Seed of the sampling generator (null: the global torch generator).</summary>
+    /// <summary>Seed of the sampling generator (null: a generator seeded at random for this call).</summary>
     public long? Seed { get; init; }
     /// <summary>Reuse keys and values of earlier steps (true) or re-run the whole sequence each step.</summary>
     public bool UseCache { get; init; } = true;
@@ -134,7 +134,8 @@ internal sealed class GenerationSession : IDisposable
         int rows = (int)ids.shape[0];
         _generated = [.. Enumerable.Range(0, rows).Select(_ => new List<int>())];
         _finished = new bool[rows];
-        if (options.Seed is long seed) _rng = new torch.Generator((ulong)seed, ids.device);
+        // Sampling draws from this call's own generator, never torch's global one (shared with concurrent calls).
+        if (options.DoSample) _rng = new torch.Generator((ulong)(options.Seed ?? Random.Shared.NextInt64()), ids.device);
         if (options.StopStrings.Count > 0 && options.Decode is null)
             throw new ArgumentException("StopStrings need a Decode callback.", nameof(options));
     }

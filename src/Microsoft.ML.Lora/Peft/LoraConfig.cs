@@ -72,6 +72,7 @@ public sealed record LoraConfig
     public void Validate()
     {
         if (R <= 0) throw new ArgumentException($"LoraConfig.R (r) must be a positive integer, got {R}.");
+        if (!double.IsFinite(LoraAlpha)) throw new ArgumentException($"LoraConfig.LoraAlpha (lora_alpha) must be finite, got {LoraAlpha}.");
         if (LoraDropout is < 0 or >= 1 || double.IsNaN(LoraDropout)) throw new ArgumentException($"LoraConfig.LoraDropout must be in [0, 1), got {LoraDropout}.");
         if (Bias is not ("none" or "all" or "lora_only")) throw new ArgumentException($"LoraConfig.Bias must be \"none\", \"all\" or \"lora_only\", got \"{Bias}\".");
         if (TargetModules is { Count: 0 }) throw new ArgumentException("LoraConfig.TargetModules is empty; leave it null for the model type's default or name at least one module.");

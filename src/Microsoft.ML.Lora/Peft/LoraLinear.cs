@@ -1,3 +1,4 @@
+using Microsoft.ML.Lora.Training;
 using Microsoft.ML.Lora.Models.Layers;
 using TorchSharp;
 using TorchSharp.Modules;
@@ -75,16 +76,19 @@ internal sealed class LoraLinear : nn.Module<Tensor, Tensor>, ILinear
         {
             switch (config.InitLoraWeights)
             {
+                // Drawn from the caller's seeded generator (Training.Rng), never torch's global one.
                 case LoraInit.Default:
-                    nn.init.kaiming_uniform_(a.weight!, a: Math.Sqrt(5));
+                    Rng.KaimingUniform(a.weight!, a: Math.Sqrt(5));
                     nn.init.zeros_(b.weight!);
                     break;
                 case LoraInit.Gaussian:
-                    nn.init.normal_(a.weight!, std: 1.0 / config.R);
+                    Rng.Normal(a.weight!, std: 1.0 / config.R);
                     nn.init.zeros_(b.weight!);
                     break;
-                case LoraInit.Random:
-                    break; // both keep nn.Linear's kaiming-uniform init
+                case LoraInit.Random: // nn.Linear's kaiming-uniform init of both
+                    Rng.KaimingUniform(a.weight!, a: Math.Sqrt(5));
+                    Rng.KaimingUniform(b.weight!, a: Math.Sqrt(5));
+                    break;
             }
         }
         lora_A.Add(name, a);
@@ -123,7 +127,7 @@ internal sealed class LoraLinear : nn.Module<Tensor, Tensor>, ILinear
         var b = lora_B.Items[ActiveAdapter];
         var drop = _dropout[ActiveAdapter];
         bool dropping = drop > 0 && training;
-        using var dx = dropping ? nn.functional.dropout(x, drop, true) : x.alias();
+        using var dx = dropping ? Rng.Dropout(x, drop) : x.alias(); // masks from the step's seeded generator
         using var ax = dx.to(a.weight!.dtype);
         bool isDora = lora_magnitude_vector.Items.TryGetValue(ActiveAdapter, out var dora);
         using var scaled = isDora ? DoraTerm(dora!, ax, a, b, result, dropping) : LoraTerm(ax, a, b, _scaling[ActiveAdapter]);

@@ -75,6 +75,7 @@ internal sealed class LoraModel
             config = config with { FanInFanOut = true };
         }
         foreach (var p in model.parameters()) p.requires_grad = false;
+        using var rng = Training.Rng.UseDefaultUnlessInstalled(); // the init depends on a seed, never on torch's global generator
         var layers = new Dictionary<string, LoraLinear>();
         foreach (var path in targets)
         {
@@ -96,6 +97,7 @@ internal sealed class LoraModel
     {
         if (_configs.ContainsKey(name)) throw new ArgumentException($"Adapter '{name}' already exists.");
         config = config with { FanInFanOut = config.FanInFanOut || Layers.Values.Any(l => l.FanInFanOut) };
+        using var rng = Training.Rng.UseDefaultUnlessInstalled();
         foreach (var l in Layers.Values) { var active = l.ActiveAdapter; l.AddAdapter(name, config, autocastAdapterDtype); l.ActiveAdapter = active; }
         _configs[name] = config;
         WrapModulesToSave(name);

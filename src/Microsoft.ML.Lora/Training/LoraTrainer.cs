@@ -80,8 +80,20 @@ internal sealed class LoraTrainer : IDisposable
         double total = Backward(microBatches);
         if (Scaler?.Unscale(_params) != false)
         {
-            if (_o.MaxGradNorm > 0) nn.utils.clip_grad_norm_(_params, _o.MaxGradNorm);
+            // The norm is needed anyway: a max of +inf clips nothing (the factor is clamped to 1).
+            double norm = nn.utils.clip_grad_norm_(_params, _o.MaxGradNorm > 0 ? _o.MaxGradNorm : double.PositiveInfinity, 2.0);
+            if (!double.IsFinite(norm))
+            {
+                ZeroGrad();
+                throw new TrainingDivergedException(GlobalStep + 1, "gradient norm", norm, TrainingDivergedException.LearningRateAdvice);
+            }
             _optimizer.step();
+            if (FirstNonFinite() is string name)
+            {
+                ZeroGrad();
+                throw new TrainingDivergedException(GlobalStep + 1, $"weight '{name}' after the update", double.NaN,
+                    $"The update at learning rate {lr} made it non-finite: {TrainingDivergedException.LearningRateAdvice}", adapterChanged: true);
+            }
         }
         ZeroGrad();
         GlobalStep++;
@@ -97,7 +109,10 @@ internal sealed class LoraTrainer : IDisposable
             foreach (var b in microBatches) valid += b.Labels[.., 1..].ne(CausalLmLoss.IgnoreIndex).sum().item<long>();
         if (valid == 0) throw new InvalidOperationException($"Step {GlobalStep + 1}: the batch has no label tokens (all -100); nothing to learn from.");
         _model.Model.train();
-        manual_seed(_o.Seed + GlobalStep); // dropout masks depend only on the step, so a resumed run repeats them
+        // Dropout masks come from a generator of this step alone (never torch's global one, which concurrent Fits
+        // share), so they depend only on the seed and the step, and a resumed run repeats them.
+        using var rng = new Generator((ulong)(_o.Seed + GlobalStep));
+        using var rngScope = Rng.Use(rng);
         double total = 0;
         foreach (var b in microBatches)
         {
@@ -109,7 +124,9 @@ internal sealed class LoraTrainer : IDisposable
             if (!double.IsFinite(value))
             {
                 ZeroGrad();
-                throw new TrainingDivergedException(GlobalStep + 1, value);
+                throw new TrainingDivergedException(GlobalStep + 1, "loss", value, GlobalStep == 0
+                    ? "No update has been made yet, so the learning rate is not the cause: check the base model's weights, the adapter's and the data."
+                    : TrainingDivergedException.LearningRateAdvice);
             }
             total += value;
             if (Scaler is null) loss.backward();
@@ -166,6 +183,9 @@ internal sealed class LoraTrainer : IDisposable
         int warmup = LrSchedule.WarmupSteps(_o, totalSteps);
 
         if (resumeFrom != null) Resume(resumeFrom, totalSteps);
+        if (FirstNonFinite() is string bad)
+            throw new TrainingDivergedException(GlobalStep + 1, $"weight '{bad}' before training", double.NaN,
+                "It was not finite before any update, so the learning rate is not the cause: check the adapter's initialisation, LoraAlpha and the loaded weights.");
         int startStep = GlobalStep;
         var sw = Stopwatch.StartNew();
         long tokens = 0; double windowLoss = 0; int windowSteps = 0;
@@ -186,7 +206,9 @@ internal sealed class LoraTrainer : IDisposable
                     MicroBatches++;
                 }
                 double lr = _o.LearningRate * LrSchedule.Factor(_o.LrScheduler, GlobalStep, warmup, totalSteps);
-                windowLoss += Step(micro, lr); windowSteps++;
+                double stepLoss = Step(micro, lr);
+                windowLoss += stepLoss; windowSteps++;
+                WarnWhenTheLossRises(stepLoss);
                 tokens += micro.Sum(b => b.Tokens);
             }
             finally { foreach (var b in micro) b.Dispose(); }
@@ -208,6 +230,37 @@ internal sealed class LoraTrainer : IDisposable
             }
         }
         return State(totalSteps, collator.Truncated);
+    }
+
+    /// <summary>How far above the first step's loss a later loss warns: the run is diverging, not learning.</summary>
+    internal const double LossRiseFactor = 2.0;
+
+    private bool _warnedRise;
+
+    /// <summary>Warnings of this run (also sent to <see cref="Warning"/>): a loss rising far above its start.</summary>
+    public List<string> Warnings { get; } = [];
+
+    /// <summary>Receives each warning when set (the ML.NET backend logs them).</summary>
+    public Action<string>? Warning { get; set; }
+
+    private void WarnWhenTheLossRises(double loss)
+    {
+        double first = Losses[0];
+        if (_warnedRise || !(first > 0) || !(loss > LossRiseFactor * first)) return;
+        _warnedRise = true;
+        string message = FormattableString.Invariant(
+            $"Warning: at step {GlobalStep} the training loss {loss:G6} is more than {LossRiseFactor} times the first step's {first:G6}; the learning rate ({_o.LearningRate:G4}) is probably too high and the adapter is getting worse.");
+        Warnings.Add(message);
+        Warning?.Invoke(message);
+    }
+
+    /// <summary>The name of the first trainable parameter holding a NaN or an infinity, or null.</summary>
+    private string? FirstNonFinite()
+    {
+        using var scope = NewDisposeScope();
+        foreach (var (name, p) in _model.TrainableParameters())
+            if (!p.isfinite().all().item<bool>()) return name;
+        return null;
     }
 
     /// <summary>Frees the optimizer state (AdamW's two moment tensors per trainable parameter).</summary>
@@ -257,10 +310,20 @@ internal sealed class LoraTrainer : IDisposable
     }
 }
 
-/// <summary>Thrown when the training loss becomes NaN or infinite.</summary>
-internal sealed class TrainingDivergedException(int step, double loss)
-    : InvalidOperationException($"Training stopped at step {step}: the loss is {loss}. Lower the learning rate, enable gradient clipping (MaxGradNorm) or check the data; the adapter and the last checkpoint were left unchanged.")
+/// <summary>
+/// Thrown at the first non-finite value of a run: the loss, the gradient norm (before clipping), or a trainable
+/// weight (before training, or after an update); the message says which, at which step, and what to do.
+/// </summary>
+internal sealed class TrainingDivergedException(int step, string what, double value, string advice, bool adapterChanged = false)
+    : InvalidOperationException($"Training stopped at step {step}: the {what} is {(double.IsNaN(value) ? "not finite" : value.ToString(System.Globalization.CultureInfo.InvariantCulture))}. {advice} " +
+        (adapterChanged ? "The adapter in memory is unusable; the last checkpoint was left unchanged." : "The adapter and the last checkpoint were left unchanged."))
 {
+    internal const string LearningRateAdvice = "Lower the learning rate, enable gradient clipping (MaxGradNorm) or check the data.";
+
     public int Step { get; } = step;
-    public double Loss { get; } = loss;
+
+    /// <summary>"loss", "gradient norm" or "weight '...' ...".</summary>
+    public string What { get; } = what;
+
+    public double Value { get; } = value;
 }

@@ -74,11 +74,18 @@ public sealed record TrainingOptions
 
     internal void Validate()
     {
-        if (LearningRate <= 0 || double.IsNaN(LearningRate)) throw new ArgumentException($"TrainingOptions.LearningRate must be positive, got {LearningRate}.");
+        // Non-finite values are refused here: +inf passed "> 0" and trained a garbage adapter.
+        if (!(LearningRate > 0) || !double.IsFinite(LearningRate)) throw new ArgumentException($"TrainingOptions.LearningRate must be positive and finite, got {LearningRate}.");
+        if (!(WeightDecay >= 0) || !double.IsFinite(WeightDecay)) throw new ArgumentException($"TrainingOptions.WeightDecay must be finite and not negative, got {WeightDecay}.");
+        if (!(AdamBeta1 is >= 0 and < 1)) throw new ArgumentException($"TrainingOptions.AdamBeta1 must be in [0, 1), got {AdamBeta1}.");
+        if (!(AdamBeta2 is >= 0 and < 1)) throw new ArgumentException($"TrainingOptions.AdamBeta2 must be in [0, 1), got {AdamBeta2}.");
+        if (!(AdamEpsilon > 0) || !double.IsFinite(AdamEpsilon)) throw new ArgumentException($"TrainingOptions.AdamEpsilon must be positive and finite, got {AdamEpsilon}.");
+        if (!(MaxGradNorm >= 0) || !double.IsFinite(MaxGradNorm)) throw new ArgumentException($"TrainingOptions.MaxGradNorm must be finite and not negative (0: no clipping), got {MaxGradNorm}.");
+        if (double.IsNaN(NumEpochs) || double.IsInfinity(NumEpochs)) throw new ArgumentException($"TrainingOptions.NumEpochs must be finite, got {NumEpochs}.");
         if (BatchSize <= 0) throw new ArgumentException($"TrainingOptions.BatchSize must be positive, got {BatchSize}.");
         if (GradientAccumulationSteps <= 0) throw new ArgumentException($"TrainingOptions.GradientAccumulationSteps must be positive, got {GradientAccumulationSteps}.");
         if (MaxSteps <= 0 && NumEpochs <= 0) throw new ArgumentException("Set TrainingOptions.MaxSteps or a positive NumEpochs.");
-        if (WarmupRatio is < 0 or > 1) throw new ArgumentException($"TrainingOptions.WarmupRatio must be in [0, 1], got {WarmupRatio}.");
+        if (!(WarmupRatio is >= 0 and <= 1)) throw new ArgumentException($"TrainingOptions.WarmupRatio must be in [0, 1], got {WarmupRatio}.");
         if (!(InitialLossScale > 0) || double.IsInfinity(InitialLossScale)) throw new ArgumentException($"TrainingOptions.InitialLossScale must be positive and finite, got {InitialLossScale}.");
         if (SaveSteps > 0 && string.IsNullOrEmpty(OutputDir)) throw new ArgumentException("TrainingOptions.SaveSteps needs an OutputDir.");
     }

@@ -18,8 +18,10 @@ internal sealed class TorchSharpTextGeneratorFactory : ITextGeneratorFactory
         var model = ModelLoader.Load(options.BaseModelFolder, LoadOptions(options));
         try
         {
-            random.manual_seed(options.Seed); // LoRA A initialisation
-            var lora = LoraModel.Apply(model, ToLoraConfig(options));
+            LoraModel lora;
+            using (var rng = new Generator((ulong)options.Seed)) // LoRA A initialisation, this Fit's own generator
+            using (Rng.Use(rng))
+                lora = LoraModel.Apply(model, ToLoraConfig(options));
             log(lora.TrainableReport());
 
             var eos = model.Config.EosTokenId ?? tokenizer.EosId;
