@@ -25,7 +25,11 @@ internal sealed record GenerationOptions
     public IReadOnlyList<int>? EosTokenIds { get; init; }
     /// <summary>Token sequences that end a row when the generated tokens end with one of them.</summary>
     public IReadOnlyList<IReadOnlyList<int>> StopSequences { get; init; } = [];
-    /// <summary>Strings that end a row when the decoded generated text contains one (needs <see cref="Decode"/>).</summary>
+    /// <summary>
+    /// Strings that end a row, as transformers' StopStringCriteria: when one ends within the text of the token just
+    /// generated (it may overhang that token's end, and start in earlier tokens), never an occurrence further back.
+    /// Needs <see cref="Decode"/>.
+    /// </summary>
     public IReadOnlyList<string> StopStrings { get; init; } = [];
     /// <summary>Turns token ids into text, for <see cref="StopStrings"/>.</summary>
     public Func<IReadOnlyList<int>, string>? Decode { get; init; }
@@ -33,6 +37,11 @@ internal sealed record GenerationOptions
     public int? PadTokenId { get; init; }
     /// <summary>Seed of the sampling generator (null: a generator seeded at random for this call).</summary>
     public long? Seed { get; init; }
+    /// <summary>
+    /// A sampling generator owned by the caller, used instead of <see cref="Seed"/>: it advances from call to call, so
+    /// successive calls draw different samples, and re-seeding it repeats them. Not disposed by the generate call.
+    /// </summary>
+    public torch.Generator? SamplingGenerator { get; init; }
     /// <summary>Reuse keys and values of earlier steps (true) or re-run the whole sequence each step.</summary>
     public bool UseCache { get; init; } = true;
 }
@@ -115,6 +124,7 @@ internal sealed class GenerationSession : IDisposable
     private readonly GenerationOptions _options;
     private readonly KvCache? _cache;
     private readonly torch.Generator? _rng;
+    private readonly torch.Generator? _ownedRng;
     private readonly HashSet<int> _eos;
     private readonly int _pad;
     private readonly List<int>[] _generated;
@@ -134,8 +144,9 @@ internal sealed class GenerationSession : IDisposable
         int rows = (int)ids.shape[0];
         _generated = [.. Enumerable.Range(0, rows).Select(_ => new List<int>())];
         _finished = new bool[rows];
-        // Sampling draws from this call's own generator, never torch's global one (shared with concurrent calls).
-        if (options.DoSample) _rng = new torch.Generator((ulong)(options.Seed ?? Random.Shared.NextInt64()), ids.device);
+        // Sampling draws from the caller's generator, else from this call's own one, never torch's global one.
+        if (options.SamplingGenerator is null && options.DoSample) _ownedRng = new torch.Generator((ulong)(options.Seed ?? Random.Shared.NextInt64()), ids.device);
+        _rng = options.SamplingGenerator ?? _ownedRng;
         if (options.StopStrings.Count > 0 && options.Decode is null)
             throw new ArgumentException("StopStrings need a Decode callback.", nameof(options));
     }
@@ -214,15 +225,28 @@ internal sealed class GenerationSession : IDisposable
         if (_options.StopStrings.Count > 0)
         {
             var text = _options.Decode!(generated);
-            if (_options.StopStrings.Any(s => s.Length > 0 && text.Contains(s, StringComparison.Ordinal))) return true;
+            int lastTokenStart = generated.Count > 1 ? _options.Decode!(generated.Take(generated.Count - 1).ToList()).Length : 0;
+            if (_options.StopStrings.Any(s => EndsInLastToken(text, lastTokenStart, s))) return true;
         }
         return false;
+    }
+
+    /// <summary>
+    /// Whether <paramref name="stop"/> occurs in <paramref name="text"/> ending after <paramref name="lastTokenStart"/>
+    /// (the length of the text before the last token): it ends within the last token's text, which may overhang it.
+    /// An occurrence entirely before the last token does not count (transformers' StopStringCriteria).
+    /// </summary>
+    internal static bool EndsInLastToken(string text, int lastTokenStart, string stop)
+    {
+        if (stop.Length == 0) return false;
+        int from = Math.Max(0, Math.Min(text.Length, lastTokenStart) - stop.Length + 1);
+        return text.IndexOf(stop, from, StringComparison.Ordinal) >= 0;
     }
 
     public void Dispose()
     {
         _cache?.Dispose();
-        _rng?.Dispose();
+        _ownedRng?.Dispose();
         _ids.Dispose();
         _mask.Dispose();
     }

@@ -72,8 +72,12 @@ public sealed class LoraCausalLmOptions
     /// <summary>Text column that the trained transformer adds with the generated completion. Default "GeneratedText".</summary>
     public string OutputColumnName { get; set; } = DefaultOutputColumnName;
 
-    /// <summary>Seed of every random choice of training and sampling. Default 0.</summary>
-    public int Seed { get; set; }
+    /// <summary>
+    /// Seed of every random choice of training (LoRA initialisation, shuffling, dropout) and of sampling. Default null:
+    /// drawn from the MLContext's random source when the trainer is created, so <c>new MLContext(seed: n)</c> makes a
+    /// Fit repeatable, as for ML.NET's own trainers. The seed used is saved with the model.
+    /// </summary>
+    public int? Seed { get; set; }
 
     /// <summary>Device of the model: "cpu", "cuda" or "cuda:N". Default "cpu".</summary>
     public string Device { get; set; } = "cpu";

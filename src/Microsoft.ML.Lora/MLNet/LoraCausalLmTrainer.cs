@@ -23,6 +23,7 @@ public sealed class LoraCausalLmTrainer : IEstimator<LoraCausalLmTransformer>
         _host = env.Register(nameof(LoraCausalLmTrainer));
         Validate(options);
         _options = options.Clone();
+        _options.Seed ??= _host.Rand.Next(); // the MLContext's seed decides, as for ML.NET's trainers
         _factory = factory ?? TextGeneratorFactories.Default;
     }
 
@@ -89,8 +90,11 @@ public sealed class LoraCausalLmTrainer : IEstimator<LoraCausalLmTransformer>
             nameof(options.CompletionColumnName), "or CompletionTokensColumnName: exactly one must be set (the completion is read either as text or as token ids)");
         Require(!string.IsNullOrEmpty(options.OutputColumnName), nameof(options.OutputColumnName), "must not be empty");
         Require(options.Lora is { Rank: > 0 }, "Lora.Rank", "must be positive");
+        Require(options.Lora is { Alpha: > 0 } && float.IsFinite(options.Lora.Alpha), "Lora.Alpha", $"must be a positive finite number, got {options.Lora?.Alpha}");
+        Require(options.Lora is { Dropout: >= 0 and < 1 }, "Lora.Dropout", $"must be in [0, 1), got {options.Lora?.Dropout}");
         Require(options.Training is { Epochs: > 0, BatchSize: > 0, MaxSequenceLength: > 0 }, "Training", "Epochs, BatchSize and MaxSequenceLength must be positive");
-        Require(options.Generation is { MaxNewTokens: > 0, BatchSize: > 0 }, "Generation", "MaxNewTokens and BatchSize must be positive");
+        ArgumentNullException.ThrowIfNull(options.Generation, "options.Generation");
+        options.Generation.Validate();
     }
 
     private static void Require(bool ok, string name, string what)

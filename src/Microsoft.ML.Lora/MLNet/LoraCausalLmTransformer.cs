@@ -22,8 +22,31 @@ public sealed class LoraCausalLmTransformer : ITransformer, IDisposable
         Options = options;
         BaseModel = baseModel;
         Factory = factory;
-        _generator = new SharedTextGenerator(generator);
+        _generator = new SharedTextGenerator(generator, () => Options.Generation);
     }
+
+    /// <summary>
+    /// The generation settings used by later Transform cursors and Predict calls, and saved with the model. Change them
+    /// in place (<c>model.Generation.MaxNewTokens = 8</c>) or assign new ones; they are checked when generating.
+    /// </summary>
+    public LoraGenerationOptions Generation
+    {
+        get => Options.Generation;
+        set
+        {
+            ArgumentNullException.ThrowIfNull(value);
+            value.Validate();
+            Options.Generation = value;
+        }
+    }
+
+    /// <summary>
+    /// Restarts sampling from <paramref name="seed"/> (default: <see cref="LoraCausalLmOptions.Seed"/> of the model).
+    /// Sampling draws from one generator per transformer that advances with every generated token, so two Predict
+    /// calls give different samples; after the same reset, the same calls give the same samples again. Loading a saved
+    /// model starts it from the saved seed.
+    /// </summary>
+    public void ResetSampling(int? seed = null) => _generator.ResetSampling(seed ?? Options.Seed.GetValueOrDefault());
 
     /// <summary>Name of the prompt text column read by <see cref="Transform"/>; null when it reads <see cref="PromptTokensColumnName"/>.</summary>
     public string? PromptColumnName => Options.PromptColumnName;
@@ -63,7 +86,7 @@ public sealed class LoraCausalLmTransformer : ITransformer, IDisposable
     {
         ArgumentNullException.ThrowIfNull(input);
         int prompt = SchemaChecks.Column(input.Schema, Options.PromptColumn, Options.PromptIsTokens, "prompt", nameof(input));
-        return new GeneratedTextDataView(input, _generator, prompt, OutputColumnName, Options.Generation.BatchSize, Options.PromptIsTokens);
+        return new GeneratedTextDataView(input, _generator, prompt, OutputColumnName, () => Options.Generation.BatchSize, Options.PromptIsTokens);
     }
 
     /// <inheritdoc/>

@@ -86,30 +86,36 @@ public sealed class LoraTokenizeTransformer : ITransformer
     /// <inheritdoc/>
     bool ITransformer.IsRowToRowMapper => true;
 
-    /// <summary>Checks that the input column is scalar text and returns the schema with the token id column added.</summary>
+    /// <summary>
+    /// The schema with the token id column added. When <paramref name="inputSchema"/> has no column
+    /// <see cref="InputColumnName"/> it is returned unchanged: a completion tokenized for Fit is not needed to score rows
+    /// (a step after this one that reads the ids names the missing column). A column of another type than text throws.
+    /// </summary>
     public DataViewSchema GetOutputSchema(DataViewSchema inputSchema)
     {
         ArgumentNullException.ThrowIfNull(inputSchema);
-        return Column(inputSchema, nameof(inputSchema)).OutputSchema(inputSchema);
+        return Column(inputSchema, nameof(inputSchema))?.OutputSchema(inputSchema) ?? inputSchema;
     }
 
-    /// <summary>Adds the token id column to <paramref name="input"/>; ids are computed when the column is read.</summary>
+    /// <summary>Adds the token id column to <paramref name="input"/> (ids are computed when it is read); <paramref name="input"/> itself when it lacks the text column.</summary>
     public IDataView Transform(IDataView input)
     {
         ArgumentNullException.ThrowIfNull(input);
-        return new TokenizedDataView(input, Column(input.Schema, nameof(input)));
+        return Column(input.Schema, nameof(input)) is { } column ? new TokenizedDataView(input, column) : input;
     }
 
     /// <inheritdoc/>
     public IRowToRowMapper GetRowToRowMapper(DataViewSchema inputSchema)
     {
         ArgumentNullException.ThrowIfNull(inputSchema);
-        return new TokenizedRowMapper(inputSchema, Column(inputSchema, nameof(inputSchema)));
+        return Column(inputSchema, nameof(inputSchema)) is { } column ? new TokenizedRowMapper(inputSchema, column) : new IdentityRowMapper(inputSchema);
     }
 
     /// <inheritdoc/>
     void ICanSaveModel.Save(ModelSaveContext ctx) => LoraTokenizeModelFormat.Save(ctx, this);
 
-    private TokenizedColumn Column(DataViewSchema schema, string paramName) =>
-        new(Tokenizer, SchemaChecks.TextColumn(schema, InputColumnName, "input", paramName), OutputColumnName, AddSpecialTokens);
+    /// <summary>The column to add, or null when <paramref name="schema"/> lacks the input column (prediction without a completion).</summary>
+    private TokenizedColumn? Column(DataViewSchema schema, string paramName) =>
+        schema.GetColumnOrNull(InputColumnName) is null ? null
+            : new(Tokenizer, SchemaChecks.TextColumn(schema, InputColumnName, "input", paramName), OutputColumnName, AddSpecialTokens);
 }

@@ -64,14 +64,19 @@ internal sealed class LoraModel
     /// <paramref name="autocastAdapterDtype"/> (PEFT's default) the adapter weights of a bfloat16 or float16 model are
     /// float32, so the optimizer updates full-precision weights while the base stays in half precision.
     /// </summary>
-    public static LoraModel Apply(CausalLm model, LoraConfig config, string adapterName = "default", bool autocastAdapterDtype = true)
+    /// <param name="model">The base model; its targets are replaced in place.</param>
+    /// <param name="config">The adapter's configuration.</param>
+    /// <param name="adapterName">Name of the adapter.</param>
+    /// <param name="autocastAdapterDtype">Keep the adapter weights of a half-precision model in float32.</param>
+    /// <param name="warning">Where PEFT's warnings go (e.g. fan_in_fan_out set for Conv1D targets); null writes them to standard error.</param>
+    public static LoraModel Apply(CausalLm model, LoraConfig config, string adapterName = "default", bool autocastAdapterDtype = true, Action<string>? warning = null)
     {
         var linears = LinearModules(model);
         var targets = SelectTargets(linears.Select(l => l.Path), config, model.Config.ModelType);
         var byPath = linears.ToDictionary(l => l.Path, l => l.Linear);
         if (!config.FanInFanOut && targets.Any(t => byPath[t].FanInFanOut))
         {
-            Console.Error.WriteLine("fan_in_fan_out is set to False but the target module is `Conv1D`. Setting fan_in_fan_out to True.");
+            (warning ?? Console.Error.WriteLine)("fan_in_fan_out is set to False but the target module is `Conv1D`. Setting fan_in_fan_out to True.");
             config = config with { FanInFanOut = true };
         }
         foreach (var p in model.parameters()) p.requires_grad = false;

@@ -186,7 +186,17 @@ public sealed class EndToEndTests : IDisposable
         var options = Options();
         options.BaseModelFolder = folder;
         options.Training.MaxSteps = 3;
-        using var model = ml.Lora().CausalLm(options).Fit(data);
+        var log = new List<string>();
+        ml.Log += (_, e) => { lock (log) log.Add(e.RawMessage); };
+        var stderr = new StringWriter();
+        var console = Console.Error;
+        Console.SetError(stderr);
+        LoraCausalLmTransformer model;
+        try { model = ml.Lora().CausalLm(options).Fit(data); }
+        finally { Console.SetError(console); }
+        using var owned = model;
+        log.Should().Contain("Warning: fan_in_fan_out is set to False but the target module is `Conv1D`. Setting fan_in_fan_out to True.");
+        stderr.ToString().Should().BeEmpty("PEFT's warning goes to the MLContext log");
         var generated = model.Transform(data).GetColumn<string>("GeneratedText").ToList();
 
         string zip = Path.Combine(_root, "gpt2.zip");
@@ -199,6 +209,41 @@ public sealed class EndToEndTests : IDisposable
         using var archive = ZipFile.OpenRead(zip);
         var config = new StreamReader(archive.Entries.Single(e => e.FullName.EndsWith("adapter_config.json", StringComparison.Ordinal)).Open()).ReadToEnd();
         config.Should().Contain("\"fan_in_fan_out\": true").And.Contain("c_attn");
+    }
+
+    [Fact]
+    public void Sampling_advances_between_calls_and_repeats_after_a_reset()
+    {
+        var ml = new MLContext(seed: 1);
+        using var model = ml.Lora().CausalLm(Options(maxNewTokens: 12)).Fit(ml.Data.LoadFromEnumerable(Rows()));
+        model.Generation.Temperature = 1.5f;
+        using var engine = ml.Model.CreatePredictionEngine<Question, Answer>(model);
+        string Sample() => engine.Predict(new Question { Prompt = "sky ->: " }).GeneratedText;
+
+        var first = new[] { Sample(), Sample() };
+        first[1].Should().NotBe(first[0], "the sampling generator advances from one Predict to the next");
+        model.ResetSampling(123);
+        var a = new[] { Sample(), Sample() };
+        model.ResetSampling(123);
+        new[] { Sample(), Sample() }.Should().Equal(a);
+        model.ResetSampling();
+        new[] { Sample(), Sample() }.Should().Equal(first, "the model's own seed restarts the sequence it began with");
+    }
+
+    [Fact]
+    public void A_stop_string_ends_generation_where_it_is_completed()
+    {
+        var ml = new MLContext(seed: 1);
+        using var model = ml.Lora().CausalLm(Options(maxNewTokens: 12)).Fit(ml.Data.LoadFromEnumerable(Rows()));
+        using var engine = ml.Model.CreatePredictionEngine<Question, Answer>(model);
+        string full = engine.Predict(new Question { Prompt = "sky ->: " }).GeneratedText;
+        full.Length.Should().BeGreaterThan(4);
+        full.Should().MatchRegex("^[\\x20-\\x7e]+$", "one byte-level token per character here, so the cut is exact");
+        string stop = full.Substring(2, 2);
+        int end = full.IndexOf(stop, StringComparison.Ordinal) + stop.Length;
+
+        model.Generation.StopStrings = [stop];
+        engine.Predict(new Question { Prompt = "sky ->: " }).GeneratedText.Should().Be(full[..end]);
     }
 
     [Fact]

@@ -20,7 +20,7 @@ internal sealed class FakeTextGeneratorFactory : ITextGeneratorFactory
     {
         log($"fake training on {examples.Count} examples");
         string tag = $"n{examples.Count}-r{options.Lora.Rank}";
-        return Remember(new FakeTextGenerator(tag, options.Seed));
+        return Remember(new FakeTextGenerator(tag, options.Seed.GetValueOrDefault()));
     }
 
     public ITextGenerator Load(LoraCausalLmOptions options, string adapterFolder)
@@ -66,17 +66,27 @@ internal sealed class FakeTextGenerator : ITextGenerator
 
     public static string Complete(string prompt, string tag) => new string(prompt.Reverse().ToArray()) + "|" + tag;
 
-    public IReadOnlyList<string> Generate(IReadOnlyList<string> prompts)
+    /// <summary>The generation settings of every call, in order.</summary>
+    public List<LoraGenerationOptions> Settings { get; } = new();
+
+    /// <summary>The seeds given to <see cref="ResetSampling"/>.</summary>
+    public List<int> Resets { get; } = new();
+
+    public void ResetSampling(int seed) => Resets.Add(seed);
+
+    public IReadOnlyList<string> Generate(IReadOnlyList<string> prompts, LoraGenerationOptions generation)
     {
         if (Disposed) throw new ObjectDisposedException(nameof(FakeTextGenerator));
+        Settings.Add(generation);
         BatchSizes.Add(prompts.Count);
         return prompts.Select(p => Complete(p, Tag)).ToList();
     }
 
     /// <summary>Token prompts complete as "ids:" + the ids reversed, comma-separated, + "|" + tag.</summary>
-    public IReadOnlyList<string> GenerateFromIds(IReadOnlyList<int[]> promptIds)
+    public IReadOnlyList<string> GenerateFromIds(IReadOnlyList<int[]> promptIds, LoraGenerationOptions generation)
     {
         if (Disposed) throw new ObjectDisposedException(nameof(FakeTextGenerator));
+        Settings.Add(generation);
         BatchSizes.Add(promptIds.Count);
         return promptIds.Select(p => "ids:" + string.Join(",", p.Reverse()) + "|" + Tag).ToList();
     }

@@ -22,3 +22,15 @@ internal static class AppendedColumn
         return needed.Select(i => input[i]).ToList();
     }
 }
+
+/// <summary>A row-to-row mapper that adds nothing: the rows pass through as they are.</summary>
+internal sealed class IdentityRowMapper(DataViewSchema schema) : IRowToRowMapper
+{
+    public DataViewSchema InputSchema => schema;
+
+    public DataViewSchema OutputSchema => schema;
+
+    public IEnumerable<DataViewSchema.Column> GetDependencies(IEnumerable<DataViewSchema.Column> dependingColumns) => dependingColumns.ToList();
+
+    public DataViewRow GetRow(DataViewRow input, IEnumerable<DataViewSchema.Column> activeColumns) => input;
+}

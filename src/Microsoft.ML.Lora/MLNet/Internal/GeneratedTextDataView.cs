@@ -13,16 +13,16 @@ internal sealed class GeneratedTextDataView : IDataView
     private readonly IDataView _input;
     private readonly SharedTextGenerator _generator;
     private readonly int _promptIndex;
-    private readonly int _batchSize;
+    private readonly Func<int> _batchSize;
     private readonly bool _tokens;
 
-    public GeneratedTextDataView(IDataView input, SharedTextGenerator generator, int promptIndex, string outputColumnName, int batchSize, bool tokens = false)
+    public GeneratedTextDataView(IDataView input, SharedTextGenerator generator, int promptIndex, string outputColumnName, Func<int> batchSize, bool tokens = false)
     {
         _tokens = tokens;
         _input = input;
         _generator = generator;
         _promptIndex = promptIndex;
-        _batchSize = Math.Max(1, batchSize);
+        _batchSize = batchSize;
         Schema = AppendedColumn.Schema(input.Schema, outputColumnName, TextDataViewType.Instance);
     }
 
@@ -55,10 +55,12 @@ internal sealed class GeneratedTextDataView : IDataView
         private SharedTextGenerator.Lease? _lease;
         private IReadOnlyList<string> _batch = Array.Empty<string>();
         private long _batchStart;
+        private readonly int _batchSize;
 
         public Cursor(GeneratedTextDataView parent, DataViewRowCursor rows, DataViewRowCursor? prompts, HashSet<int> active)
         {
             _parent = parent;
+            _batchSize = Math.Max(1, parent._batchSize()); // the transformer's setting when the cursor was made
             _rows = rows;
             _prompts = prompts;
             _active = active;
@@ -109,8 +111,8 @@ internal sealed class GeneratedTextDataView : IDataView
                 throw new InvalidOperationException("Rows of a generated text column must be read in order.");
             while (prompts.Position < position - 1)
                 if (!prompts.MoveNext()) throw new InvalidOperationException("The prompt cursor ended before the row cursor.");
-            var batch = new List<PromptInput>(_parent._batchSize);
-            while (batch.Count < _parent._batchSize && prompts.MoveNext())
+            var batch = new List<PromptInput>(_batchSize);
+            while (batch.Count < _batchSize && prompts.MoveNext())
                 batch.Add(_promptGetter!());
             if (batch.Count == 0) throw new InvalidOperationException("The prompt cursor ended before the row cursor.");
             _batch = _lease!.Generate(batch);

@@ -7,14 +7,17 @@ namespace Microsoft.ML.Lora.MLNet;
 /// </summary>
 internal interface ITextGenerator : IDisposable
 {
-    /// <summary>Completions of <paramref name="prompts"/>, one per prompt, in order.</summary>
-    IReadOnlyList<string> Generate(IReadOnlyList<string> prompts);
+    /// <summary>Completions of <paramref name="prompts"/>, one per prompt, in order, with the settings <paramref name="generation"/> (validated).</summary>
+    IReadOnlyList<string> Generate(IReadOnlyList<string> prompts, LoraGenerationOptions generation);
 
     /// <summary>
     /// Completions of prompts given as token ids of the base model's tokenizer (already with the special prefix, e.g.
     /// BOS, that the text path adds), one per prompt, in order; an empty prompt is conditioned as the text path does.
     /// </summary>
-    IReadOnlyList<string> GenerateFromIds(IReadOnlyList<int[]> promptIds);
+    IReadOnlyList<string> GenerateFromIds(IReadOnlyList<int[]> promptIds, LoraGenerationOptions generation);
+
+    /// <summary>Restarts the sampling generator from <paramref name="seed"/>: the next samples repeat those drawn after the same seed.</summary>
+    void ResetSampling(int seed);
 
     /// <summary>Writes the adapter in the PEFT format (adapter_config.json, adapter_model.safetensors) into an existing empty folder.</summary>
     void SaveAdapter(string folder);

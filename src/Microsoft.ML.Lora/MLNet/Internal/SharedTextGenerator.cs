@@ -8,10 +8,17 @@ namespace Microsoft.ML.Lora.MLNet;
 internal sealed class SharedTextGenerator
 {
     private readonly ITextGenerator _generator;
+    private readonly Func<LoraGenerationOptions> _generation;
     private readonly object _lock = new();
     private int _references = 1;
 
-    public SharedTextGenerator(ITextGenerator generator) => _generator = generator;
+    /// <param name="generator">The model.</param>
+    /// <param name="generation">The transformer's current generation settings, read at each call.</param>
+    public SharedTextGenerator(ITextGenerator generator, Func<LoraGenerationOptions> generation)
+    {
+        _generator = generator;
+        _generation = generation;
+    }
 
     /// <summary>True once the generator was disposed.</summary>
     public bool IsReleased { get { lock (_lock) return _references == 0; } }
@@ -45,12 +52,23 @@ internal sealed class SharedTextGenerator
         lock (_lock)
         {
             if (_references == 0) throw new ObjectDisposedException(nameof(LoraCausalLmTransformer));
+            var generation = _generation().Clone();
+            generation.Validate();
             var result = ids
-                ? _generator.GenerateFromIds(prompts.Select(p => p.Ids!).ToList())
-                : _generator.Generate(prompts.Select(p => p.Text).ToList());
+                ? _generator.GenerateFromIds(prompts.Select(p => p.Ids!).ToList(), generation)
+                : _generator.Generate(prompts.Select(p => p.Text).ToList(), generation);
             if (result.Count != prompts.Count)
                 throw new InvalidOperationException($"The text generator returned {result.Count} completions for {prompts.Count} prompts.");
             return result;
+        }
+    }
+
+    public void ResetSampling(int seed)
+    {
+        lock (_lock)
+        {
+            if (_references == 0) throw new ObjectDisposedException(nameof(LoraCausalLmTransformer));
+            _generator.ResetSampling(seed);
         }
     }
 

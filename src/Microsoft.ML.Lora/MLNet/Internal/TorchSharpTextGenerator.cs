@@ -13,6 +13,7 @@ internal sealed class TorchSharpTextGenerator : ITextGenerator
     private readonly IBackendTokenizer _tokenizer;
     private readonly LoraCausalLmOptions _options;
     private readonly Generator _generator;
+    private TorchSharp.torch.Generator _sampler;
     private bool _disposed;
 
     public TorchSharpTextGenerator(LoraModel lora, IBackendTokenizer tokenizer, LoraCausalLmOptions options)
@@ -21,28 +22,40 @@ internal sealed class TorchSharpTextGenerator : ITextGenerator
         _tokenizer = tokenizer;
         _options = options;
         _generator = new Generator(lora.Model);
+        _sampler = NewSampler(options.Seed.GetValueOrDefault());
+    }
+
+    /// <summary>The sampling generator lives with the model (on its device) and advances from call to call.</summary>
+    private TorchSharp.torch.Generator NewSampler(int seed) =>
+        new((ulong)seed, _lora.Model.parameters().First().device);
+
+    public void ResetSampling(int seed)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        var old = _sampler;
+        _sampler = NewSampler(seed);
+        old.Dispose();
     }
 
     internal LoraModel Model => _lora;
 
-    public IReadOnlyList<string> Generate(IReadOnlyList<string> prompts)
+    public IReadOnlyList<string> Generate(IReadOnlyList<string> prompts, LoraGenerationOptions generation)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
         var config = _lora.Model.Config;
-        return GenerateIds(prompts.Select(p => (IReadOnlyList<int>)TorchSharpTextGeneratorFactory.PromptIds(_tokenizer, p, config)).ToList());
+        return GenerateIds(prompts.Select(p => (IReadOnlyList<int>)TorchSharpTextGeneratorFactory.PromptIds(_tokenizer, p, config)).ToList(), generation);
     }
 
-    public IReadOnlyList<string> GenerateFromIds(IReadOnlyList<int[]> promptIds)
+    public IReadOnlyList<string> GenerateFromIds(IReadOnlyList<int[]> promptIds, LoraGenerationOptions generation)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
         var config = _lora.Model.Config;
-        return GenerateIds(promptIds.Select(p => (IReadOnlyList<int>)TorchSharpTextGeneratorFactory.PromptIds(_tokenizer, p, config)).ToList());
+        return GenerateIds(promptIds.Select(p => (IReadOnlyList<int>)TorchSharpTextGeneratorFactory.PromptIds(_tokenizer, p, config)).ToList(), generation);
     }
 
-    private IReadOnlyList<string> GenerateIds(List<IReadOnlyList<int>> ids)
+    private IReadOnlyList<string> GenerateIds(List<IReadOnlyList<int>> ids, LoraGenerationOptions g)
     {
         if (ids.Count == 0) return [];
-        var g = _options.Generation;
         var config = _lora.Model.Config;
         int? eos = config.EosTokenId ?? _tokenizer.EosId;
         var generation = new GenerationOptions
@@ -55,7 +68,9 @@ internal sealed class TorchSharpTextGenerator : ITextGenerator
             RepetitionPenalty = g.RepetitionPenalty > 0 ? g.RepetitionPenalty : 1.0,
             EosTokenIds = eos is int e ? [e] : [],
             PadTokenId = config.PadTokenId ?? eos ?? 0,
-            Seed = _options.Seed,
+            SamplingGenerator = _sampler,
+            StopStrings = g.StopStrings,
+            Decode = g.StopStrings.Length > 0 ? tokens => _tokenizer.Decode(tokens) : null,
             UseCache = true,
         };
         _lora.Model.eval();
@@ -73,6 +88,7 @@ internal sealed class TorchSharpTextGenerator : ITextGenerator
     {
         if (_disposed) return;
         _disposed = true;
+        _sampler.Dispose();
         _lora.Model.Dispose();
     }
 }

@@ -19,9 +19,9 @@ internal sealed class TorchSharpTextGeneratorFactory : ITextGeneratorFactory
         try
         {
             LoraModel lora;
-            using (var rng = new Generator((ulong)options.Seed)) // LoRA A initialisation, this Fit's own generator
+            using (var rng = new Generator((ulong)options.Seed.GetValueOrDefault())) // LoRA A initialisation, this Fit's own generator
             using (Rng.Use(rng))
-                lora = LoraModel.Apply(model, ToLoraConfig(options));
+                lora = LoraModel.Apply(model, ToLoraConfig(options), warning: message => log("Warning: " + message));
             log(lora.TrainableReport());
 
             var eos = model.Config.EosTokenId ?? tokenizer.EosId;
@@ -131,7 +131,7 @@ internal sealed class TorchSharpTextGeneratorFactory : ITextGeneratorFactory
         MaxGradNorm = o.Training.MaxGradNorm,
         MaxSequenceLength = o.Training.MaxSequenceLength,
         LoggingSteps = Math.Max(1, o.Training.LoggingSteps),
-        Seed = o.Seed,
+        Seed = o.Seed.GetValueOrDefault(),
         AppendEos = appendEos,
     };
 
