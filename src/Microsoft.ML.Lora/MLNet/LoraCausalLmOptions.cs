@@ -102,6 +102,20 @@ public sealed class LoraCausalLmOptions
     /// <summary>Text generation settings, saved with the model. Default: <see cref="LoraGenerationOptions"/>'s defaults.</summary>
     public LoraGenerationOptions Generation { get; set; } = new();
 
+    /// <summary>
+    /// Receives typed progress while Fit trains (step, epoch, loss, learning rate, tokens/s, ETA, validation loss);
+    /// called on the training thread. Not saved. Default null.
+    /// </summary>
+    [System.Text.Json.Serialization.JsonIgnore]
+    public IProgress<LoraTrainingProgress>? Progress { get; set; }
+
+    /// <summary>
+    /// Stops Fit before its next optimizer step with an <see cref="OperationCanceledException"/> (as
+    /// <c>mlContext.CancelExecution()</c> does). Not saved. Default none.
+    /// </summary>
+    [System.Text.Json.Serialization.JsonIgnore]
+    public CancellationToken CancellationToken { get; set; }
+
     internal LoraCausalLmOptions Clone() => new()
     {
         BaseModelFolder = BaseModelFolder,
@@ -117,5 +131,7 @@ public sealed class LoraCausalLmOptions
         Lora = Lora.Clone(),
         Training = Training.Clone(),
         Generation = Generation.Clone(),
+        Progress = Progress,
+        CancellationToken = CancellationToken,
     };
 }

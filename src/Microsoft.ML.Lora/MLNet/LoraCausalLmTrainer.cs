@@ -7,7 +7,7 @@ namespace Microsoft.ML.Lora;
 /// <summary>
 /// Fine-tunes a LoRA adapter of a Hugging Face causal language model on the prompt and completion columns (text, or
 /// token ids made with <c>mlContext.Lora().Tokenize</c>);
-/// <see cref="Fit"/> returns a <see cref="LoraCausalLmTransformer"/> that generates completions.
+/// <see cref="Fit(IDataView)"/> returns a <see cref="LoraCausalLmTransformer"/> that generates completions.
 /// Create it with <c>mlContext.Lora().CausalLm(...)</c>.
 /// </summary>
 public sealed class LoraCausalLmTrainer : IEstimator<LoraCausalLmTransformer>
@@ -42,37 +42,71 @@ public sealed class LoraCausalLmTrainer : IEstimator<LoraCausalLmTransformer>
     }
 
     /// <summary>Reads every prompt and completion of <paramref name="input"/> and fine-tunes the adapter on them.</summary>
-    public LoraCausalLmTransformer Fit(IDataView input)
+    public LoraCausalLmTransformer Fit(IDataView input) => Fit(input, null);
+
+    /// <summary>
+    /// Fine-tunes the adapter on <paramref name="input"/>; when <paramref name="validationData"/> is given (same columns),
+    /// its mean completion token loss is computed every <see cref="LoraTrainingOptions.LoggingSteps"/> steps and at the
+    /// end, reported in <see cref="LoraTrainingProgress.ValidationLoss"/> and the log, and drives
+    /// <see cref="LoraTrainingOptions.EarlyStoppingPatience"/> and <see cref="LoraTrainingOptions.LoadBestModelAtEnd"/>.
+    /// Stops before the next step with <see cref="OperationCanceledException"/> after <c>mlContext.CancelExecution()</c>
+    /// or when <see cref="LoraCausalLmOptions.CancellationToken"/> is cancelled.
+    /// </summary>
+    public LoraCausalLmTransformer Fit(IDataView input, IDataView? validationData)
     {
         ArgumentNullException.ThrowIfNull(input);
-        int prompt = SchemaChecks.Column(input.Schema, _options.PromptColumn, _options.PromptIsTokens, "prompt", nameof(input));
-        int completion = SchemaChecks.Column(input.Schema, _options.CompletionColumn, _options.CompletionIsTokens, "completion", nameof(input));
+        var examples = Read(input, nameof(input));
+        if (examples.Count == 0)
+            throw new InvalidOperationException("The training data has no rows.");
+        var validation = validationData is null ? null : Read(validationData, nameof(validationData));
+        if (validation is { Count: 0 })
+            throw new InvalidOperationException("The validation data has no rows; pass null for no validation.");
+        if (validation is null && (_options.Training.EarlyStoppingPatience > 0 || _options.Training.LoadBestModelAtEnd))
+            throw new InvalidOperationException("LoraTrainingOptions.EarlyStoppingPatience and LoadBestModelAtEnd need validation data: call Fit(train, validationData).");
         var baseModel = BaseModelReference.Of(_options.BaseModelFolder);
         var options = _options.Clone();
         options.BaseModelFolder = baseModel.Folder;
 
-        var examples = new List<PromptCompletion>();
-        using (var cursor = input.GetRowCursor(new[] { input.Schema[prompt], input.Schema[completion] }))
-        {
-            var getPrompt = PromptReader.Create(cursor, prompt, _options.PromptIsTokens);
-            var getCompletion = PromptReader.Create(cursor, completion, _options.CompletionIsTokens);
-            while (cursor.MoveNext())
-            {
-                var p = getPrompt();
-                var c = getCompletion();
-                examples.Add(new PromptCompletion(p.Text, c.Text, p.Ids, c.Ids));
-            }
-        }
-        if (examples.Count == 0)
-            throw new InvalidOperationException("The training data has no rows.");
-
         ITextGenerator generator;
         using (var ch = _host.Start("Training"))
         {
-            ch.Info(MessageSensitivity.None, $"Fine-tuning a LoRA adapter of '{baseModel.Folder}' on {examples.Count} examples.");
-            generator = _factory.Train(options, examples, message => ch.Info(MessageSensitivity.None, message));
+            ch.Info(MessageSensitivity.None, $"Fine-tuning a LoRA adapter of '{baseModel.Folder}' on {examples.Count} examples" +
+                (validation is null ? "." : $", validating on {validation.Count}."));
+            var control = new TrainingControl(
+                message => ch.Info(MessageSensitivity.None, message),
+                message => ch.Warning(MessageSensitivity.None, message),
+                options.Progress,
+                CheckAlive);
+            generator = _factory.Train(options, examples, validation, control);
         }
         return new LoraCausalLmTransformer(_host, options, baseModel, _factory, generator);
+    }
+
+    /// <summary>Throws <see cref="OperationCanceledException"/> once the MLContext or the options' token is cancelled.</summary>
+    private void CheckAlive()
+    {
+        var token = _options.CancellationToken;
+        if (token.IsCancellationRequested)
+            throw new OperationCanceledException("Fit was cancelled through LoraCausalLmOptions.CancellationToken.", token);
+        if (HostCancellation.IsCanceled(_host))
+            throw new OperationCanceledException("Fit was cancelled through MLContext.CancelExecution().");
+    }
+
+    private List<PromptCompletion> Read(IDataView data, string paramName)
+    {
+        int prompt = SchemaChecks.Column(data.Schema, _options.PromptColumn, _options.PromptIsTokens, "prompt", paramName);
+        int completion = SchemaChecks.Column(data.Schema, _options.CompletionColumn, _options.CompletionIsTokens, "completion", paramName);
+        var examples = new List<PromptCompletion>();
+        using var cursor = data.GetRowCursor(new[] { data.Schema[prompt], data.Schema[completion] });
+        var getPrompt = PromptReader.Create(cursor, prompt, _options.PromptIsTokens);
+        var getCompletion = PromptReader.Create(cursor, completion, _options.CompletionIsTokens);
+        while (cursor.MoveNext())
+        {
+            var p = getPrompt();
+            var c = getCompletion();
+            examples.Add(new PromptCompletion(p.Text, c.Text, p.Ids, c.Ids));
+        }
+        return examples;
     }
 
     private static void Check(SchemaShape shape, string name, bool tokens, string role)
@@ -93,6 +127,9 @@ public sealed class LoraCausalLmTrainer : IEstimator<LoraCausalLmTransformer>
         Require(options.Lora is { Alpha: > 0 } && float.IsFinite(options.Lora.Alpha), "Lora.Alpha", $"must be a positive finite number, got {options.Lora?.Alpha}");
         Require(options.Lora is { Dropout: >= 0 and < 1 }, "Lora.Dropout", $"must be in [0, 1), got {options.Lora?.Dropout}");
         Require(options.Training is { Epochs: > 0, BatchSize: > 0, MaxSequenceLength: > 0 }, "Training", "Epochs, BatchSize and MaxSequenceLength must be positive");
+        Require(options.Training is { EarlyStoppingPatience: >= 0, SaveSteps: >= 0 }, "Training", "EarlyStoppingPatience and SaveSteps must be 0 (off) or positive");
+        Require(options.Training.SaveSteps == 0 || !string.IsNullOrWhiteSpace(options.Training.CheckpointFolder), "Training.CheckpointFolder",
+            "must name a folder when Training.SaveSteps is set");
         ArgumentNullException.ThrowIfNull(options.Generation, "options.Generation");
         options.Generation.Validate();
     }

@@ -33,8 +33,35 @@ public sealed class LoraTrainingOptions
     /// <summary>Gradient-norm clipping; 0 disables it. Default 1.</summary>
     public double MaxGradNorm { get; set; } = 1.0;
 
-    /// <summary>Report the loss to the MLContext log every N optimizer steps. Default 10.</summary>
+    /// <summary>
+    /// Report progress (<see cref="LoraCausalLmOptions.Progress"/> and the MLContext log) every N optimizer steps, and
+    /// evaluate the validation data given to <c>Fit(train, validationData)</c> at the same steps. Default 10.
+    /// </summary>
     public int LoggingSteps { get; set; } = 10;
+
+    /// <summary>
+    /// Stop after this many validations in a row without a new lowest validation loss (transformers'
+    /// early_stopping_patience); needs validation data. Default 0 (off).
+    /// </summary>
+    public int EarlyStoppingPatience { get; set; }
+
+    /// <summary>
+    /// Keep the adapter of the validation with the lowest loss instead of the last one (transformers'
+    /// load_best_model_at_end); needs validation data. Default false.
+    /// </summary>
+    public bool LoadBestModelAtEnd { get; set; }
+
+    /// <summary>Write a checkpoint-N folder (PEFT adapter, optimizer and trainer state) into <see cref="CheckpointFolder"/> every N optimizer steps. Default 0 (off).</summary>
+    public int SaveSteps { get; set; }
+
+    /// <summary>Folder of the checkpoint-N folders written every <see cref="SaveSteps"/> steps. Default null.</summary>
+    public string? CheckpointFolder { get; set; }
+
+    /// <summary>
+    /// A checkpoint-N folder to resume from: Fit continues at step N with that adapter, optimizer state and data
+    /// position, and ends with the same adapter as a run that was not interrupted (same options and data). Default null.
+    /// </summary>
+    public string? ResumeFromCheckpoint { get; set; }
 
     internal LoraTrainingOptions Clone() => (LoraTrainingOptions)MemberwiseClone();
 }

@@ -166,9 +166,15 @@ internal sealed class LoraTrainer : IDisposable
         return count == 0 ? double.NaN : sum / count;
     }
 
-    /// <summary>Runs training to the end (or to cancellation); resumes from <paramref name="resumeFrom"/> (a checkpoint-N folder) when given.</summary>
+    /// <summary>
+    /// Runs training to the end, to early stopping or to cancellation; resumes from <paramref name="resumeFrom"/> (a
+    /// checkpoint-N folder) when given. Before each step <paramref name="cancellation"/> is checked and
+    /// <paramref name="checkAlive"/> runs (it may throw <see cref="OperationCanceledException"/>, as ML.NET's
+    /// Host.CheckAlive does), so a cancelled run stops within one step, with the adapter of the last finished step.
+    /// </summary>
     public TrainerState Train(IReadOnlyList<TrainingExample> train, IReadOnlyList<TrainingExample>? eval = null,
-        IProgress<TrainingProgress>? progress = null, CancellationToken cancellation = default, string? resumeFrom = null)
+        IProgress<TrainingProgress>? progress = null, CancellationToken cancellation = default, string? resumeFrom = null,
+        Action? checkAlive = null)
     {
         if (train.Count == 0) throw new ArgumentException("The training set is empty.", nameof(train));
         var cfg = _model.Model.Config;
@@ -191,9 +197,11 @@ internal sealed class LoraTrainer : IDisposable
         long tokens = 0; double windowLoss = 0; int windowSteps = 0;
         int truncatedBase = 0;
         int[]? order = null; long orderEpoch = -1;
+        var best = new BestEval(_o, evalEncoded != null);
         while (GlobalStep < totalSteps)
         {
             cancellation.ThrowIfCancellationRequested();
+            checkAlive?.Invoke();
             var micro = new List<Batch>();
             try
             {
@@ -217,19 +225,69 @@ internal sealed class LoraTrainer : IDisposable
             double? evalLoss = null;
             if (evalEncoded != null && ((_o.EvalSteps > 0 && GlobalStep % _o.EvalSteps == 0) || GlobalStep == totalSteps))
                 evalLoss = Evaluate(evalEncoded, collator);
+            bool stopEarly = evalLoss is double el && best.Add(el, GlobalStep, _params);
             if (_o.SaveSteps > 0 && GlobalStep % _o.SaveSteps == 0)
                 SaveCheckpoint(Path.Combine(_o.OutputDir!, $"checkpoint-{GlobalStep}"), totalSteps, collator.Truncated + truncatedBase);
-            if (progress != null && (GlobalStep % Math.Max(1, _o.LoggingSteps) == 0 || GlobalStep == totalSteps || evalLoss != null))
+            if (progress != null && (GlobalStep % Math.Max(1, _o.LoggingSteps) == 0 || GlobalStep == totalSteps || evalLoss != null || stopEarly))
             {
                 var elapsed = sw.Elapsed;
                 int done = GlobalStep - startStep;
                 var eta = done > 0 ? TimeSpan.FromTicks(elapsed.Ticks / done * (totalSteps - GlobalStep)) : TimeSpan.Zero;
                 progress.Report(new TrainingProgress(GlobalStep, totalSteps, windowSteps > 0 ? windowLoss / windowSteps : double.NaN,
-                    CurrentLearningRate, tokens / Math.Max(1e-9, elapsed.TotalSeconds), elapsed, eta, evalLoss, collator.Truncated));
+                    CurrentLearningRate, tokens / Math.Max(1e-9, elapsed.TotalSeconds), elapsed, eta, evalLoss, collator.Truncated,
+                    (double)MicroBatches / batchesPerEpoch));
                 windowLoss = 0; windowSteps = 0;
             }
+            if (stopEarly) break;
         }
-        return State(totalSteps, collator.Truncated);
+        best.Restore(_params);
+        return State(totalSteps, collator.Truncated) with { StoppedEarly = GlobalStep < totalSteps, BestStep = best.Step, BestEvalLoss = best.Loss };
+    }
+
+    /// <summary>
+    /// The lowest eval loss so far, its step and (with LoadBestModelAtEnd) a copy of the trainable weights then; counts
+    /// evaluations without improvement for early stopping (transformers' EarlyStoppingCallback, threshold 0).
+    /// </summary>
+    private sealed class BestEval(TrainingOptions o, bool hasEval)
+    {
+        private List<Tensor>? _weights;
+        private int _sinceBest;
+
+        public double? Loss { get; private set; }
+        public int? Step { get; private set; }
+
+        /// <summary>Records an evaluation; true when training should stop early.</summary>
+        public bool Add(double loss, int step, List<Parameter> parameters)
+        {
+            if (!hasEval) return false;
+            if (Loss is null || loss < Loss)
+            {
+                Loss = loss; Step = step; _sinceBest = 0;
+                if (o.LoadBestModelAtEnd)
+                {
+                    Dispose();
+                    using (no_grad()) _weights = parameters.Select(p => p.detach().clone().DetachFromDisposeScope()).ToList();
+                }
+                return false;
+            }
+            _sinceBest++;
+            return o.EarlyStoppingPatience > 0 && _sinceBest >= o.EarlyStoppingPatience;
+        }
+
+        /// <summary>Puts the best weights back (LoadBestModelAtEnd) and frees the copy.</summary>
+        public void Restore(List<Parameter> parameters)
+        {
+            if (_weights != null)
+                using (no_grad())
+                    for (int i = 0; i < parameters.Count; i++) parameters[i].copy_(_weights[i]);
+            Dispose();
+        }
+
+        private void Dispose()
+        {
+            foreach (var w in _weights ?? []) w.Dispose();
+            _weights = null;
+        }
     }
 
     /// <summary>How far above the first step's loss a later loss warns: the run is diverging, not learning.</summary>

@@ -15,6 +15,11 @@ internal sealed record TrainerState
     /// <summary>Loss scale and good steps since its last change (float16 models only).</summary>
     public double? LossScale { get; init; }
     public int LossScaleGoodSteps { get; init; }
+    /// <summary>True when early stopping ended the run before its last step.</summary>
+    public bool StoppedEarly { get; init; }
+    /// <summary>Step and value of the lowest eval loss of this run, when evaluated.</summary>
+    public int? BestStep { get; init; }
+    public double? BestEvalLoss { get; init; }
 
     public const string FileName = "trainer_state.json";
 

@@ -61,6 +61,16 @@ public sealed record TrainingOptions
     public int SaveSteps { get; init; }
     /// <summary>Folder of the checkpoints.</summary>
     public string? OutputDir { get; init; }
+    /// <summary>
+    /// transformers' EarlyStoppingCallback early_stopping_patience: stop after this many evaluations in a row whose eval
+    /// loss is not below the best one; 0 (default) never stops early. Needs an eval set.
+    /// </summary>
+    public int EarlyStoppingPatience { get; init; }
+    /// <summary>
+    /// transformers' load_best_model_at_end: at the end, put back the adapter weights of the evaluation with the lowest
+    /// eval loss (kept in memory; the evaluation at the last step counts too). Default false. Needs an eval set.
+    /// </summary>
+    public bool LoadBestModelAtEnd { get; init; }
     /// <summary>Longest example in tokens; 0 uses the model's context length.</summary>
     public int MaxSequenceLength { get; init; }
     /// <summary>What to do with longer examples.</summary>
@@ -88,6 +98,7 @@ public sealed record TrainingOptions
         if (!(WarmupRatio is >= 0 and <= 1)) throw new ArgumentException($"TrainingOptions.WarmupRatio must be in [0, 1], got {WarmupRatio}.");
         if (!(InitialLossScale > 0) || double.IsInfinity(InitialLossScale)) throw new ArgumentException($"TrainingOptions.InitialLossScale must be positive and finite, got {InitialLossScale}.");
         if (SaveSteps > 0 && string.IsNullOrEmpty(OutputDir)) throw new ArgumentException("TrainingOptions.SaveSteps needs an OutputDir.");
+        if (EarlyStoppingPatience < 0) throw new ArgumentException($"TrainingOptions.EarlyStoppingPatience must be 0 (off) or positive, got {EarlyStoppingPatience}.");
     }
 }
 
@@ -101,8 +112,9 @@ public sealed record TrainingOptions
 /// <param name="Eta">Estimated time to the end.</param>
 /// <param name="EvalLoss">Loss on the eval set, when evaluated at this step.</param>
 /// <param name="TruncatedExamples">Examples cut to the context length so far.</param>
+/// <param name="Epoch">Passes over the training data so far, fractional (micro-batches consumed / micro-batches per epoch).</param>
 public sealed record TrainingProgress(int Step, int TotalSteps, double Loss, double LearningRate, double TokensPerSecond,
-    TimeSpan Elapsed, TimeSpan Eta, double? EvalLoss = null, int TruncatedExamples = 0);
+    TimeSpan Elapsed, TimeSpan Eta, double? EvalLoss = null, int TruncatedExamples = 0, double Epoch = 0);
 
 /// <summary>One training example: prompt tokens (masked from the loss unless TrainOnPrompt) and completion tokens.</summary>
 /// <param name="Prompt">Prompt token ids.</param>

@@ -16,9 +16,10 @@ internal sealed class FakeTextGeneratorFactory : ITextGeneratorFactory
     /// <summary>Every generator made by any instance, for assertions on calls and disposal.</summary>
     public static ConcurrentQueue<FakeTextGenerator> Made { get; } = new();
 
-    public ITextGenerator Train(LoraCausalLmOptions options, IReadOnlyList<PromptCompletion> examples, Action<string> log)
+    public ITextGenerator Train(LoraCausalLmOptions options, IReadOnlyList<PromptCompletion> examples, IReadOnlyList<PromptCompletion>? validation, TrainingControl control)
     {
-        log($"fake training on {examples.Count} examples");
+        control.CheckAlive();
+        control.Log($"fake training on {examples.Count} examples");
         string tag = $"n{examples.Count}-r{options.Lora.Rank}";
         return Remember(new FakeTextGenerator(tag, options.Seed.GetValueOrDefault()));
     }

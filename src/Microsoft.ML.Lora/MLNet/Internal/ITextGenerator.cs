@@ -29,6 +29,13 @@ internal interface ITextGenerator : IDisposable
 /// </summary>
 internal readonly record struct PromptCompletion(string Prompt, string Completion, int[]? PromptIds = null, int[]? CompletionIds = null);
 
+/// <summary>What a backend's Train reports to and is stopped by.</summary>
+/// <param name="Log">Lines for the MLContext log (progress lines, the PEFT parameter count, the end summary).</param>
+/// <param name="Warning">Warnings for the MLContext log.</param>
+/// <param name="Progress">Typed progress, or null.</param>
+/// <param name="CheckAlive">Called before every optimizer step; throws <see cref="OperationCanceledException"/> once cancelled.</param>
+internal sealed record TrainingControl(Action<string> Log, Action<string> Warning, IProgress<LoraTrainingProgress>? Progress, Action CheckAlive);
+
 /// <summary>One prompt read from the prompt column: its text, or its token ids when <see cref="Ids"/> is non-null.</summary>
 internal readonly record struct PromptInput(string Text, int[]? Ids);
 
@@ -39,10 +46,11 @@ internal readonly record struct PromptInput(string Text, int[]? Ids);
 internal interface ITextGeneratorFactory
 {
     /// <summary>
-    /// Fine-tunes a LoRA adapter on <paramref name="examples"/> over the base model of <paramref name="options"/>;
-    /// <paramref name="log"/> reports progress (loss, steps) to the MLContext's Log event.
+    /// Fine-tunes a LoRA adapter on <paramref name="examples"/> over the base model of <paramref name="options"/>,
+    /// validating on <paramref name="validation"/> when given; <paramref name="control"/> carries the log, the typed
+    /// progress and the cancellation checks.
     /// </summary>
-    ITextGenerator Train(LoraCausalLmOptions options, IReadOnlyList<PromptCompletion> examples, Action<string> log);
+    ITextGenerator Train(LoraCausalLmOptions options, IReadOnlyList<PromptCompletion> examples, IReadOnlyList<PromptCompletion>? validation, TrainingControl control);
 
     /// <summary>
     /// Loads the base model of <paramref name="options"/> (its folder was checked against the saved fingerprint) with the

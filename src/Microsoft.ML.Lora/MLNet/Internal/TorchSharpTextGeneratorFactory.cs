@@ -12,8 +12,9 @@ namespace Microsoft.ML.Lora.MLNet;
 /// </summary>
 internal sealed class TorchSharpTextGeneratorFactory : ITextGeneratorFactory
 {
-    public ITextGenerator Train(LoraCausalLmOptions options, IReadOnlyList<PromptCompletion> examples, Action<string> log)
+    public ITextGenerator Train(LoraCausalLmOptions options, IReadOnlyList<PromptCompletion> examples, IReadOnlyList<PromptCompletion>? validation, TrainingControl control)
     {
+        var log = control.Log;
         var tokenizer = BackendTokenizer.Load(options.BaseModelFolder);
         var model = ModelLoader.Load(options.BaseModelFolder, LoadOptions(options));
         try
@@ -21,22 +22,21 @@ internal sealed class TorchSharpTextGeneratorFactory : ITextGeneratorFactory
             LoraModel lora;
             using (var rng = new Generator((ulong)options.Seed.GetValueOrDefault())) // LoRA A initialisation, this Fit's own generator
             using (Rng.Use(rng))
-                lora = LoraModel.Apply(model, ToLoraConfig(options), warning: message => log("Warning: " + message));
+                lora = LoraModel.Apply(model, ToLoraConfig(options), warning: control.Warning);
             log(lora.TrainableReport());
 
             var eos = model.Config.EosTokenId ?? tokenizer.EosId;
             if (eos is null) log("The base model names no EOS token: completions are trained without one, generation stops at MaxNewTokens.");
-            var train = examples.Select(e => new TrainingExample(
-                e.PromptIds is { } p ? PromptIds(tokenizer, p, model.Config) : PromptIds(tokenizer, e.Prompt, model.Config),
-                e.CompletionIds is { } c ? CheckIds(c, model.Config) : tokenizer.Encode(e.Completion, addSpecialTokens: false))).ToList();
-            var trainingOptions = ToTrainingOptions(options, eos is not null);
-            if (model.Config.EosTokenId is null && eos is not null)
-                train = train.Select(e => e with { Completion = [.. e.Completion, eos.Value] }).ToList();
+            var train = Encode(tokenizer, model.Config, examples, eos);
+            var eval = validation is null ? null : Encode(tokenizer, model.Config, validation, eos);
+            var trainingOptions = ToTrainingOptions(options, eos is not null, validation is not null);
 
-            var state = Run(lora, trainingOptions, train, log);
+            var state = Run(lora, trainingOptions, train, eval, control, options.Training.ResumeFromCheckpoint);
             model.eval();
             log(FormattableString.Invariant(
-                $"Training done: {state.GlobalStep} steps, first loss {state.LossHistory.FirstOrDefault():F4}, last loss {state.LossHistory.LastOrDefault():F4}") +
+                $"Training done: {state.GlobalStep} steps{(state.StoppedEarly ? " (stopped early)" : "")}, first loss {state.LossHistory.FirstOrDefault():F4}, last loss {state.LossHistory.LastOrDefault():F4}") +
+                (state.BestEvalLoss is double best ? FormattableString.Invariant($", best validation loss {best:F4} at step {state.BestStep}") +
+                    (options.Training.LoadBestModelAtEnd ? " (its adapter is kept)" : "") : "") +
                 (state.Truncated > 0 ? $", {state.Truncated} examples cut to the context length." : "."));
             return new TorchSharpTextGenerator(lora, tokenizer, options);
         }
@@ -64,11 +64,30 @@ internal sealed class TorchSharpTextGeneratorFactory : ITextGeneratorFactory
         }
     }
 
+    /// <summary>Prompt ids (special prefix, BOS/EOS for an empty prompt) and completion ids; EOS appended here when only the tokenizer names it.</summary>
+    private static List<TrainingExample> Encode(IBackendTokenizer tokenizer, ModelConfig config, IReadOnlyList<PromptCompletion> examples, int? eos)
+    {
+        var list = examples.Select(e => new TrainingExample(
+            e.PromptIds is { } p ? PromptIds(tokenizer, p, config) : PromptIds(tokenizer, e.Prompt, config),
+            e.CompletionIds is { } c ? CheckIds(c, config) : tokenizer.Encode(e.Completion, addSpecialTokens: false))).ToList();
+        if (config.EosTokenId is null && eos is not null)
+            list = list.Select(e => e with { Completion = [.. e.Completion, eos.Value] }).ToList();
+        return list;
+    }
+
     /// <summary>Trains, then frees the optimizer state before generation needs the memory (device memory on CUDA).</summary>
-    private static TrainerState Run(LoraModel lora, TrainingOptions options, List<TrainingExample> train, Action<string> log)
+    private static TrainerState Run(LoraModel lora, TrainingOptions options, List<TrainingExample> train, List<TrainingExample>? eval,
+        TrainingControl control, string? resumeFrom)
     {
         using var trainer = new LoraTrainer(lora, options);
-        return trainer.Train(train, progress: new LogProgress(log));
+        try
+        {
+            return trainer.Train(train, eval, new ControlProgress(control), resumeFrom: resumeFrom, checkAlive: control.CheckAlive);
+        }
+        catch (OperationCanceledException e)
+        {
+            throw new OperationCanceledException($"{e.Message} Training stopped after {trainer.GlobalStep} optimizer steps; no model was returned.", e, e.CancellationToken);
+        }
     }
 
     internal static int[] PromptIds(IBackendTokenizer tokenizer, string prompt, ModelConfig config) =>
@@ -118,7 +137,7 @@ internal sealed class TorchSharpTextGeneratorFactory : ITextGeneratorFactory
         BaseModelNameOrPath = o.BaseModelFolder,
     };
 
-    internal static TrainingOptions ToTrainingOptions(LoraCausalLmOptions o, bool appendEos) => new()
+    internal static TrainingOptions ToTrainingOptions(LoraCausalLmOptions o, bool appendEos, bool validate = false) => new()
     {
         LearningRate = o.Training.LearningRate,
         BatchSize = o.Training.BatchSize,
@@ -133,16 +152,26 @@ internal sealed class TorchSharpTextGeneratorFactory : ITextGeneratorFactory
         LoggingSteps = Math.Max(1, o.Training.LoggingSteps),
         Seed = o.Seed.GetValueOrDefault(),
         AppendEos = appendEos,
+        EvalSteps = validate ? Math.Max(1, o.Training.LoggingSteps) : 0,
+        EarlyStoppingPatience = o.Training.EarlyStoppingPatience,
+        LoadBestModelAtEnd = o.Training.LoadBestModelAtEnd,
+        SaveSteps = o.Training.SaveSteps,
+        OutputDir = o.Training.SaveSteps > 0 ? o.Training.CheckpointFolder : null,
     };
 
-    /// <summary>Reports on the training thread (System.Progress would post to the thread pool).</summary>
-    private sealed class LogProgress(Action<string> log) : IProgress<TrainingProgress>
+    /// <summary>Reports to the log and the typed progress, on the training thread (System.Progress would post to the thread pool).</summary>
+    private sealed class ControlProgress(TrainingControl control) : IProgress<TrainingProgress>
     {
-        public void Report(TrainingProgress p) => log(Format(p));
+        public void Report(TrainingProgress p)
+        {
+            control.Log(Format(p));
+            control.Progress?.Report(new LoraTrainingProgress(p.Step, p.TotalSteps, p.Epoch, p.Loss, p.LearningRate, p.TokensPerSecond,
+                p.Elapsed, p.Eta, p.EvalLoss));
+        }
     }
 
     /// <summary>"step 10/120: loss 2.3456, learning rate 0.003, 1234 tokens/s, elapsed 12.3 s, eta 20.1 s" (invariant culture).</summary>
     internal static string Format(TrainingProgress p) => FormattableString.Invariant(
         $"step {p.Step}/{p.TotalSteps}: loss {p.Loss:F4}, learning rate {p.LearningRate:G4}, {p.TokensPerSecond:F0} tokens/s, elapsed {p.Elapsed.TotalSeconds:F1} s, eta {p.Eta.TotalSeconds:F1} s") +
-        (p.EvalLoss is double e ? FormattableString.Invariant($", eval loss {e:F4}") : "");
+        (p.EvalLoss is double e ? FormattableString.Invariant($", validation loss {e:F4}") : "");
 }
