@@ -1,3 +1,5 @@
+using System.Reflection;
+using System.Runtime.ExceptionServices;
 using Microsoft.ML.Lora.MLNet;
 using Microsoft.ML.Runtime;
 
@@ -6,9 +8,9 @@ namespace Microsoft.ML.Lora;
 /// <summary>LoRA fine-tuning estimators, reached through <c>mlContext.Lora()</c>.</summary>
 public sealed class LoraCatalog
 {
-    private readonly IHostEnvironment _env;
+    private readonly MLContext _env;
 
-    internal LoraCatalog(IHostEnvironment env) => _env = env;
+    internal LoraCatalog(MLContext env) => _env = env;
 
     /// <summary>Fine-tunes a LoRA adapter of the causal language model in <see cref="LoraCausalLmOptions.BaseModelFolder"/>.</summary>
     /// <param name="options">The trainer's options.</param>
@@ -49,6 +51,56 @@ public sealed class LoraCatalog
     /// </param>
     public LoraTokenizeEstimator Tokenize(string baseModelFolder, string outputColumnName, string inputColumnName, bool addSpecialTokens = true)
         => new(_env, baseModelFolder, outputColumnName, inputColumnName, addSpecialTokens);
+
+    /// <summary>
+    /// Loads a model saved with <c>mlContext.Model.Save</c>, as <c>mlContext.Model.Load</c> does, with the base model
+    /// looked for in <paramref name="baseModelFolder"/> and placed on <paramref name="device"/> instead of the saved
+    /// ones. Without an override a base folder saved as a relative path is looked for beside the zip first, then in the
+    /// current folder, then at the absolute path of training. The base folder must still have the saved fingerprint
+    /// (config, tokenizer files and weights), else the load fails naming the folder. Errors arrive as thrown by the
+    /// loader (not wrapped in <see cref="TargetInvocationException"/>).
+    /// </summary>
+    /// <param name="path">The model zip.</param>
+    /// <param name="inputSchema">The input schema saved with the model.</param>
+    /// <param name="baseModelFolder">Folder of the base model to use instead of the saved one; null keeps the saved one.</param>
+    /// <param name="device">"cpu", "cuda" or "cuda:N" instead of the saved device; null keeps the saved one.</param>
+    public ITransformer LoadModel(string path, out DataViewSchema inputSchema, string? baseModelFolder = null, string? device = null)
+    {
+        ArgumentException.ThrowIfNullOrWhiteSpace(path);
+        string full = Path.GetFullPath(path);
+        if (!File.Exists(full)) throw new FileNotFoundException($"The model file '{full}' does not exist.", full);
+        var overrides = new ModelLoadOverrides(Path.GetDirectoryName(full), baseModelFolder, device);
+        DataViewSchema schema = null!;
+        var model = ModelLoadOverrides.With(overrides, () =>
+        {
+            try { return _env.Model.Load(full, out schema); }
+            catch (TargetInvocationException e) when (e.InnerException is not null)
+            {
+                Exception inner = e.InnerException;
+                while (inner is TargetInvocationException { InnerException: { } next }) inner = next;
+                ExceptionDispatchInfo.Capture(inner).Throw();
+                throw;
+            }
+        });
+        inputSchema = schema;
+        return model;
+    }
+
+    /// <summary>
+    /// A ready <see cref="LoraCausalLmTransformer"/> from an adapter folder in PEFT's format (adapter_config.json,
+    /// adapter_model.safetensors) over the base model of <paramref name="options"/>, without training: generation,
+    /// Transform, PredictionEngine and Save work as after Fit. The options give the base folder, device, dtype, columns,
+    /// generation settings and seed; their LoRA and training settings are not used (the adapter's config is).
+    /// </summary>
+    /// <param name="adapterFolder">Folder of the PEFT adapter.</param>
+    /// <param name="options">The base model, columns and generation settings.</param>
+    public LoraCausalLmTransformer LoadAdapter(string adapterFolder, LoraCausalLmOptions options)
+    {
+        ArgumentException.ThrowIfNullOrWhiteSpace(adapterFolder);
+        if (!Directory.Exists(adapterFolder)) throw new DirectoryNotFoundException($"The adapter folder '{Path.GetFullPath(adapterFolder)}' does not exist.");
+        var trainer = CausalLm(options);
+        return trainer.LoadAdapter(Path.GetFullPath(adapterFolder));
+    }
 
     /// <summary>A trainer with the given backend; the seam where tests and other backends plug in.</summary>
     internal LoraCausalLmTrainer CausalLm(LoraCausalLmOptions options, ITextGeneratorFactory factory) => new(_env, options, factory);

@@ -75,7 +75,8 @@ public sealed class LoraCausalLmOptions
     /// <summary>
     /// Seed of every random choice of training (LoRA initialisation, shuffling, dropout) and of sampling. Default null:
     /// drawn from the MLContext's random source when the trainer is created, so <c>new MLContext(seed: n)</c> makes a
-    /// Fit repeatable, as for ML.NET's own trainers. The seed used is saved with the model.
+    /// Fit repeatable, as for ML.NET's own trainers; with <see cref="LoraTrainingOptions.ResumeFromCheckpoint"/>, the
+    /// checkpoint's seed. The seed used is saved with the model.
     /// </summary>
     public int? Seed { get; set; }
 

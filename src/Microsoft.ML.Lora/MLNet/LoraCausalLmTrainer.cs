@@ -23,7 +23,10 @@ public sealed class LoraCausalLmTrainer : IEstimator<LoraCausalLmTransformer>
         _host = env.Register(nameof(LoraCausalLmTrainer));
         Validate(options);
         _options = options.Clone();
-        _options.Seed ??= _host.Rand.Next(); // the MLContext's seed decides, as for ML.NET's trainers
+        // The seed of the checkpoint being resumed, else the MLContext's seed decides, as for ML.NET's trainers.
+        _options.Seed ??= options.Training.ResumeFromCheckpoint is { Length: > 0 } resume
+            ? Training.TrainerState.Read(resume).Seed
+            : _host.Rand.Next();
         _factory = factory ?? TextGeneratorFactories.Default;
     }
 
@@ -79,6 +82,16 @@ public sealed class LoraCausalLmTrainer : IEstimator<LoraCausalLmTransformer>
                 CheckAlive);
             generator = _factory.Train(options, examples, validation, control);
         }
+        return new LoraCausalLmTransformer(_host, options, baseModel, _factory, generator);
+    }
+
+    /// <summary>The transformer of the PEFT adapter in <paramref name="adapterFolder"/> over the base model of the options (no training).</summary>
+    internal LoraCausalLmTransformer LoadAdapter(string adapterFolder)
+    {
+        var baseModel = BaseModelReference.Of(_options.BaseModelFolder);
+        var options = _options.Clone();
+        options.BaseModelFolder = baseModel.Folder;
+        var generator = _factory.Load(options, adapterFolder);
         return new LoraCausalLmTransformer(_host, options, baseModel, _factory, generator);
     }
 

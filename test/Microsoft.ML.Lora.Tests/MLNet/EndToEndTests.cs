@@ -195,7 +195,7 @@ public sealed class EndToEndTests : IDisposable
         try { model = ml.Lora().CausalLm(options).Fit(data); }
         finally { Console.SetError(console); }
         using var owned = model;
-        log.Should().Contain("Warning: fan_in_fan_out is set to False but the target module is `Conv1D`. Setting fan_in_fan_out to True.");
+        log.Should().Contain("fan_in_fan_out is set to False but the target module is `Conv1D`. Setting fan_in_fan_out to True.");
         stderr.ToString().Should().BeEmpty("PEFT's warning goes to the MLContext log");
         var generated = model.Transform(data).GetColumn<string>("GeneratedText").ToList();
 

@@ -97,8 +97,10 @@ internal static class LoraCausalLmModelFormat
 
         var options = JsonSerializer.Deserialize<LoraCausalLmOptions>(LoadText(ctx, "Options.json"), Json)
             ?? throw new InvalidDataException($"Options.json of {UserName} is empty.");
-        var baseModel = BaseModelReference.Load(ctx, UserName);
+        var overrides = ModelLoadOverrides.Current;
+        var baseModel = BaseModelReference.Load(ctx, UserName).Resolve(overrides);
         options.BaseModelFolder = baseModel.Folder;
+        if (overrides?.Device is { } device) options.Device = device;
         baseModel.Verify();
 
         var factory = TextGeneratorFactories.FromName(backend);
@@ -114,7 +116,14 @@ internal static class LoraCausalLmModelFormat
                 });
                 if (!found) throw new InvalidDataException($"The adapter file '{name}' is missing from the {UserName} model.");
             }
-            var generator = factory.Load(options, adapter);
+            ITextGenerator generator;
+            try { generator = factory.Load(options, adapter); }
+            catch (Exception e) when (e is IOException or InvalidDataException or ArgumentException or FormatException or KeyNotFoundException)
+            {
+                // The adapter was copied into a temporary folder deleted below: name the zip's entries instead.
+                throw new InvalidDataException($"The adapter stored in the {UserName} model (entries {string.Join(", ", files.Select(f => AdapterPrefix + f))}) " +
+                    $"does not load onto the base model '{baseModel.Folder}': {e.Message.Replace(adapter, "<adapter>", StringComparison.Ordinal)}", e);
+            }
             return new LoraCausalLmTransformer(env, options, baseModel, factory, generator);
         }
         finally

@@ -54,7 +54,7 @@ internal static class LoraTokenizeModelFormat
         string output = ctx.Reader.ReadString();
         string input = ctx.Reader.ReadString();
         bool addSpecialTokens = ctx.Reader.ReadBoolean();
-        var baseModel = BaseModelReference.Load(ctx, UserName);
+        var baseModel = BaseModelReference.Load(ctx, UserName).Resolve(ModelLoadOverrides.Current);
         baseModel.Verify();
         return new LoraTokenizeTransformer(env, baseModel, output, input, addSpecialTokens);
     }
