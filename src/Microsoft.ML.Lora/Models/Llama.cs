@@ -26,7 +26,10 @@ internal static class LlamaFamily
         r => r.Decoder(new DecoderDefaults { MaxPositionEmbeddings = 4096 * 32 }) with { SlidingWindow = r.OptInt("sliding_window", 4096) });
 
     public static readonly Architecture Qwen2 = Describe("qwen2", "Qwen2ForCausalLM", LlamaParts.Qwen2,
-        r => QwenSlidingRule(r, r.Decoder(new DecoderDefaults { MaxPositionEmbeddings = 32768 }) with { AttentionBias = true }));
+        r => QwenSlidingRule(r, r.Decoder(new DecoderDefaults { MaxPositionEmbeddings = 32768 }) with { AttentionBias = true })) with
+    {
+        Ia3Targets = ["q_proj", "v_proj", "down_proj"],
+    };
 
     /// <summary>A family description with the LLaMA skeleton, its key names and PEFT's LLaMA defaults (override with <c>with</c>).</summary>
     public static Architecture Describe(string modelType, string className, LlamaParts parts, Func<ConfigReader, ModelConfig> readConfig) => new()

@@ -64,11 +64,14 @@ public class LoraModelTests
     [InlineData("gpt2")]
     [InlineData("llama")]
     [InlineData("qwen2")]
+    [InlineData("qwen3")]
+    [InlineData("phi3")]
+    [InlineData("gemma2")]
     public void Count_and_adapter_keys_from_config_equal_peft(string arch)
     {
         var cfg = ModelConfig.Load(Path.Combine(Fixtures.Model(arch), "config.json"));
         var t = JsonNode.Parse(File.ReadAllText(Path.Combine(Fixtures.Model(arch), "lora", "trainable.json")))!;
-        var lora = new LoraConfig { R = 8, LoraAlpha = 16 };
+        var lora = FixtureLoraTests.PeftConfig(arch);
         LoraParameterCount.Trainable(cfg, lora).Should().Be(t["trainable_params"]!.GetValue<long>());
         var linears = LoraParameterCount.AllLinears(cfg);
         var selected = LoraModel.SelectTargets(linears.Select(l => l.Path), lora, cfg.ModelType).ToHashSet();
