@@ -79,7 +79,7 @@ internal sealed class Gemma2Model : nn.Module
     internal Embedding embed_tokens;
     internal ModuleList<Gemma2DecoderLayer> layers;
     internal RmsNorm norm;
-    private readonly ModelConfig _config;
+    private readonly int _hidden;
     private readonly RotaryFrequencies _rotary;
 
     public Gemma2Model(ModelConfig c) : base("Gemma2Model")
@@ -87,7 +87,7 @@ internal sealed class Gemma2Model : nn.Module
         embed_tokens = nn.Embedding(c.VocabSize, c.HiddenSize);
         layers = new ModuleList<Gemma2DecoderLayer>([.. Enumerable.Range(0, c.NumLayers).Select(_ => new Gemma2DecoderLayer(c))]);
         norm = new RmsNorm(c.HiddenSize, c.NormEpsilon, unitOffset: true);
-        _config = c;
+        _hidden = c.HiddenSize;
         _rotary = new RotaryFrequencies(c);
         RegisterComponents();
     }
@@ -95,16 +95,12 @@ internal sealed class Gemma2Model : nn.Module
     /// <summary>inputIds: (batch, seq) → hidden states (batch, seq, hidden) float32.</summary>
     public Tensor forward(Tensor inputIds, Tensor? attentionMask, Tensor? positionIds, KvCache? cache)
     {
-        long time = inputIds.shape[1], past = cache?.Length ?? 0;
-        var mask = Attention.FullMask(inputIds, attentionMask, past);    // (batch, past + seq)
-        positionIds ??= Attention.PositionsFromMask(mask, time);         // (batch, seq)
-        var embedded = embed_tokens.forward(inputIds);                   // (batch, seq, hidden)
+        var (masks, cos, sin) = _rotary.Prepare(inputIds, attentionMask, positionIds, cache?.Length ?? 0);
+        var embedded = embed_tokens.forward(inputIds); // (batch, seq, hidden)
         // transformers multiplies by √hidden as a tensor of the embedding's dtype (rounded in bfloat16).
-        using var normalizer = tensor(Math.Sqrt(_config.HiddenSize), dtype: embedded.dtype).As(Precision.Compute);
+        using var normalizer = tensor(Math.Sqrt(_hidden), dtype: embedded.dtype).As(Precision.Compute);
         var x = embedded.As(Precision.Compute) * normalizer;
-        var biases = new LayerMasks(mask, time, x.dtype, _config);
-        var (cos, sin) = _rotary.CosSin(positionIds);                    // (batch, 1, seq, head_dim)
-        for (int i = 0; i < layers.Count; i++) x = layers[i].forward(x, biases.For(i), cos, sin, cache, i);
+        for (int i = 0; i < layers.Count; i++) x = layers[i].forward(x, masks.For(i), cos, sin, cache, i);
         return norm.forward(x);
     }
 }

@@ -136,7 +136,6 @@ internal sealed class LlamaModel : nn.Module
     internal Embedding embed_tokens;
     internal ModuleList<LlamaDecoderLayer> layers;
     internal RmsNorm norm;
-    private readonly ModelConfig _config;
     private readonly RotaryFrequencies _rotary;
 
     public LlamaModel(ModelConfig c, LlamaParts parts) : base("LlamaModel")
@@ -144,7 +143,6 @@ internal sealed class LlamaModel : nn.Module
         embed_tokens = nn.Embedding(c.VocabSize, c.HiddenSize);
         layers = new ModuleList<LlamaDecoderLayer>([.. Enumerable.Range(0, c.NumLayers).Select(_ => new LlamaDecoderLayer(c, parts))]);
         norm = new RmsNorm(c.HiddenSize, c.NormEpsilon);
-        _config = c;
         _rotary = new RotaryFrequencies(c);
         RegisterComponents();
     }
@@ -152,13 +150,9 @@ internal sealed class LlamaModel : nn.Module
     /// <summary>inputIds: (batch, seq) → hidden states (batch, seq, hidden) float32.</summary>
     public Tensor forward(Tensor inputIds, Tensor? attentionMask, Tensor? positionIds, KvCache? cache)
     {
-        long time = inputIds.shape[1], past = cache?.Length ?? 0;
-        var mask = Attention.FullMask(inputIds, attentionMask, past);          // (batch, past + seq)
-        positionIds ??= Attention.PositionsFromMask(mask, time);               // (batch, seq)
-        var x = embed_tokens.forward(inputIds).As(Precision.Compute);          // (batch, seq, hidden)
-        var biases = new LayerMasks(mask, time, x.dtype, _config);
-        var (cos, sin) = _rotary.CosSin(positionIds);                          // (batch, 1, seq, rotary_dim)
-        for (int i = 0; i < layers.Count; i++) x = layers[i].forward(x, biases.For(i), cos, sin, cache, i);
+        var (masks, cos, sin) = _rotary.Prepare(inputIds, attentionMask, positionIds, cache?.Length ?? 0);
+        var x = embed_tokens.forward(inputIds).As(Precision.Compute); // (batch, seq, hidden)
+        for (int i = 0; i < layers.Count; i++) x = layers[i].forward(x, masks.For(i), cos, sin, cache, i);
         return norm.forward(x);
     }
 }
