@@ -1,3 +1,5 @@
+using Microsoft.ML.Lora.Quantization;
+
 namespace Microsoft.ML.Lora;
 
 /// <summary>
@@ -94,6 +96,14 @@ public sealed class LoraCausalLmOptions
     /// </summary>
     public string? ComputeDType { get; set; }
 
+    /// <summary>
+    /// Quantize the frozen base while it loads, as transformers' quantization_config: LLM.int8
+    /// (<c>new BitsAndBytesConfig { LoadIn8bit = true }</c>) or 4-bit QLoRA (<c>LoadIn4bit = true, Bnb4bitQuantType = "nf4"</c>).
+    /// The adapter stays float32 and is an ordinary PEFT adapter for the unquantized base. Saved with the model (a
+    /// loaded model quantizes its base again). Default null: no quantization. See docs/quantization.md.
+    /// </summary>
+    public BitsAndBytesConfig? Quantization { get; set; }
+
     /// <summary>Shape of the LoRA adapter. Default: <see cref="LoraAdapterOptions"/>'s defaults.</summary>
     public LoraAdapterOptions Lora { get; set; } = new();
 
@@ -129,6 +139,7 @@ public sealed class LoraCausalLmOptions
         Device = Device,
         DType = DType,
         ComputeDType = ComputeDType,
+        Quantization = Quantization,
         Lora = Lora.Clone(),
         Training = Training.Clone(),
         Generation = Generation.Clone(),

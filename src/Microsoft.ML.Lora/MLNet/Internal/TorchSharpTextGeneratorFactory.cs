@@ -117,6 +117,7 @@ internal sealed class TorchSharpTextGeneratorFactory : ITextGeneratorFactory
         Device = string.IsNullOrWhiteSpace(o.Device) ? "cpu" : o.Device,
         DType = ParseDType(o.DType, nameof(o.DType)) ?? ScalarType.Float32,
         ComputeDType = ParseDType(o.ComputeDType, nameof(o.ComputeDType)),
+        QuantizationConfig = o.Quantization,
     };
 
     private static ScalarType? ParseDType(string? name, string option) => (name ?? "").Trim().ToLowerInvariant() switch
