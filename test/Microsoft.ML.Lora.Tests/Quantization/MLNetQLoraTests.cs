@@ -11,26 +11,15 @@ using static TorchSharp.torch;
 namespace Microsoft.ML.Lora.Tests.Quantization;
 
 /// <summary>QLoRA through ML.NET: LoraCausalLmOptions.Quantization, saved with the model; the adapter is PEFT's, for the float base.</summary>
-public sealed class MLNetQLoraTests : IDisposable
+public sealed class MLNetQLoraTests
 {
-    private readonly string _root = Path.Combine(Path.GetTempPath(), "mllora-qlora-" + Guid.NewGuid().ToString("N"));
-
-    public void Dispose()
-    {
-        try { Directory.Delete(_root, recursive: true); } catch (IOException) { }
-    }
-
-    private static Row[] Rows() =>
-    [
-        new() { Prompt = "sky ->: ", Completion = "blue" },
-        new() { Prompt = "grass ->: ", Completion = "green" },
-        new() { Prompt = "snow ->: ", Completion = "white" },
-    ];
+    private static Row[] Rows() => [new() { Prompt = "sky ->: ", Completion = "blue" }, new() { Prompt = "grass ->: ", Completion = "green" }, new() { Prompt = "snow ->: ", Completion = "white" }];
 
     [Fact]
     public void A_QLoRA_adapter_trained_through_MLNet_is_a_PEFT_adapter_of_the_unquantized_base()
     {
-        var folder = TinyBaseModel.Create(Path.Combine(_root, "tiny-llama"), "llama", hiddenSize: 64, layers: 2, heads: 4, seed: 4);
+        using var temp = new TempFolder();
+        var folder = TinyBaseModel.Create(temp.File("tiny-llama"), "llama", hiddenSize: 64, layers: 2, heads: 4, seed: 4);
         var ml = new MLContext(seed: 1);
         var data = ml.Data.LoadFromEnumerable(Rows());
         var options = new LoraCausalLmOptions
@@ -42,7 +31,7 @@ public sealed class MLNetQLoraTests : IDisposable
             Generation = { MaxNewTokens = 3, BatchSize = 2 },
             Quantization = new BitsAndBytesConfig { LoadIn4bit = true, Bnb4bitQuantType = "nf4", Bnb4bitUseDoubleQuant = true },
         };
-        string zip = Path.Combine(_root, "qlora.zip");
+        string zip = temp.File("qlora.zip");
         List<string> generated;
         using (var model = ml.Lora().CausalLm(options).Fit(data))
         {
@@ -56,7 +45,7 @@ public sealed class MLNetQLoraTests : IDisposable
         try { loaded.Transform(ml2.Data.LoadFromEnumerable(Rows())).GetColumn<string>("GeneratedText").Should().Equal(generated); }
         finally { ((IDisposable)loaded).Dispose(); }
 
-        var adapter = Path.Combine(_root, "adapter");
+        var adapter = temp.File("adapter");
         Directory.CreateDirectory(adapter);
         using (var archive = ZipFile.OpenRead(zip))
         {
