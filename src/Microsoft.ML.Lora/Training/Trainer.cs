@@ -8,10 +8,10 @@ using static TorchSharp.torch;
 namespace Microsoft.ML.Lora.Training;
 
 /// <summary>
-/// Trains the active adapter of a <see cref="LoraModel"/> as transformers' Trainer does: causal-LM loss, AdamW,
+/// Trains the active adapter of a <see cref="PeftModel"/> (any PEFT method) as transformers' Trainer does: causal-LM loss, AdamW,
 /// warmup + schedule, gradient accumulation, gradient clipping, checkpoints (checkpoint-N) and resume.
 /// </summary>
-internal sealed class LoraTrainer : IDisposable
+internal sealed class Trainer : IDisposable
 {
     public const string OptimizerFile = "optimizer.pt";
 
@@ -22,12 +22,12 @@ internal sealed class LoraTrainer : IDisposable
     /// </summary>
     private const int ReleaseMemoryEverySteps = 10;
 
-    private readonly LoraModel _model;
+    private readonly PeftModel _model;
     private readonly TrainingOptions _o;
     private readonly List<Parameter> _params;
     private readonly AdamW _optimizer;
 
-    public LoraTrainer(LoraModel model, TrainingOptions options)
+    public Trainer(PeftModel model, TrainingOptions options)
     {
         options.Validate();
         _model = model;
@@ -117,7 +117,7 @@ internal sealed class LoraTrainer : IDisposable
         foreach (var b in microBatches)
         {
             using var scope = NewDisposeScope();
-            var logits = _model.Model.Forward(b.InputIds, b.AttentionMask);
+            var logits = _model.Forward(b.InputIds, b.AttentionMask);
             var (sum, _) = CausalLmLoss.Sum(logits, b.Labels);
             var loss = sum.div(valid);
             double value = loss.item<float>();
@@ -159,7 +159,7 @@ internal sealed class LoraTrainer : IDisposable
             {
                 using var scope = NewDisposeScope();
                 using var b = collator.Collate(examples.Skip(i).Take(_o.BatchSize).ToList());
-                var (s, c) = CausalLmLoss.Sum(_model.Model.Forward(b.InputIds, b.AttentionMask), b.Labels);
+                var (s, c) = CausalLmLoss.Sum(_model.Forward(b.InputIds, b.AttentionMask), b.Labels);
                 sum += s.item<float>(); count += c;
             }
         _model.Model.train();
