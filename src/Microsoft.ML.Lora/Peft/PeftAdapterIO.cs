@@ -46,10 +46,10 @@ internal static class PeftAdapterIO
     public static JsonObject ReadConfigJson(string folder)
     {
         var path = Path.Combine(folder, ConfigFile);
-        if (!File.Exists(path)) throw new FileNotFoundException($"No {ConfigFile} in adapter folder '{folder}'.", path);
+        if (!File.Exists(path)) throw new PeftConfigException($"No {ConfigFile} in adapter folder '{folder}'.", path);
         try { return JsonNode.Parse(File.ReadAllText(path))!.AsObject(); }
         catch (Exception e) when (e is JsonException or InvalidOperationException or NullReferenceException)
-        { throw new InvalidDataException($"'{path}' is not valid JSON: {e.Message}", e); }
+        { throw new PeftConfigException($"'{path}' is not a JSON object: {e.Message}", path, null, e); }
     }
 
     /// <summary>Parses adapter_config.json into the config of its method (by peft_type; LORA when absent).</summary>
@@ -57,14 +57,14 @@ internal static class PeftAdapterIO
     {
         var path = Path.Combine(folder, ConfigFile);
         var j = ReadConfigJson(folder);
-        var method = PeftMethods.Get(j["peft_type"]?.GetValue<string>() ?? "LORA", path);
+        var method = PeftMethods.Get(PeftJson.String(j, "peft_type", path) ?? "LORA", path);
         return method.ReadConfig(j, path) with
         {
-            TaskType = j["task_type"]?.GetValue<string>() ?? "CAUSAL_LM",
-            BaseModelNameOrPath = j["base_model_name_or_path"]?.GetValue<string>(),
-            Revision = j["revision"]?.GetValue<string>(),
-            InferenceMode = j["inference_mode"]?.GetValue<bool>() ?? true,
-            ModulesToSave = PeftJson.Strings(j, "modules_to_save"),
+            TaskType = PeftJson.String(j, "task_type", path) ?? "CAUSAL_LM",
+            BaseModelNameOrPath = PeftJson.String(j, "base_model_name_or_path", path),
+            Revision = PeftJson.String(j, "revision", path),
+            InferenceMode = PeftJson.Bool(j, "inference_mode", path) ?? true,
+            ModulesToSave = PeftJson.Strings(j, "modules_to_save", path),
         };
     }
 
@@ -115,24 +115,33 @@ internal static class PeftAdapterIO
     public static void LoadInto(IReadOnlyDictionary<string, Tensor> expected, string folder)
     {
         var path = Path.Combine(folder, WeightsFile);
-        if (!File.Exists(path)) throw new FileNotFoundException($"No {WeightsFile} in adapter folder '{folder}'.", path);
-        using var file = SafeTensorsFile.Open(path);
+        if (!File.Exists(path)) throw new AdapterLoadException($"No {WeightsFile} in adapter folder '{folder}'.", path);
+        using var file = OpenWeights(path);
         var missing = expected.Keys.Where(k => !file.Contains(k)).ToList();
         var unexpected = file.Tensors.Select(t => t.Name).Where(n => !expected.ContainsKey(n)).ToList();
         if (missing.Count > 0 || unexpected.Count > 0)
-            throw new InvalidDataException($"Adapter '{path}' does not fit the model: " +
+            throw new AdapterLoadException($"Adapter '{path}' does not fit the model: " +
                 (missing.Count > 0 ? $"missing {missing.Count} key(s) (first: {missing[0]})" : "") +
                 (missing.Count > 0 && unexpected.Count > 0 ? "; " : "") +
-                (unexpected.Count > 0 ? $"{unexpected.Count} unexpected key(s) (first: {unexpected[0]})" : "") + ".");
+                (unexpected.Count > 0 ? $"{unexpected.Count} unexpected key(s) (first: {unexpected[0]})" : "") + ".",
+                path, missing.Count > 0 ? missing[0] : unexpected[0]);
         foreach (var (k, target) in expected)
         {
             var shape = file.Info(k).Shape;
             if (!shape.SequenceEqual(target.shape))
-                throw new InvalidDataException($"Adapter '{path}': '{k}' has shape [{string.Join(", ", shape)}], the model expects [{string.Join(", ", target.shape)}] (different r or base model?).");
+                throw new AdapterLoadException($"Adapter '{path}': '{k}' has shape [{string.Join(", ", shape)}], the model expects [{string.Join(", ", target.shape)}] (different r or base model?).", path, k);
         }
         using (no_grad())
             foreach (var (k, target) in expected)
                 using (var t = file.Load(k, target.dtype, target.device)) target.copy_(t);
+    }
+
+    /// <summary>Opens adapter_model.safetensors; a malformed file is an <see cref="AdapterLoadException"/> naming it.</summary>
+    private static SafeTensorsFile OpenWeights(string path)
+    {
+        try { return SafeTensorsFile.Open(path); }
+        catch (Exception e) when (e is InvalidDataException or IOException and not FileNotFoundException)
+        { throw new AdapterLoadException($"'{path}' is not a readable safetensors file: {e.Message}", path, null, e); }
     }
 
     /// <summary>Applies the adapter folder's config to <paramref name="model"/> and loads its weights, trainable (PeftModel.from_pretrained with is_trainable).</summary>

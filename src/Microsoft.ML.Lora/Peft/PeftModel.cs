@@ -1,4 +1,5 @@
 using System.Globalization;
+using Microsoft.ML.Lora.Generation;
 using Microsoft.ML.Lora.Models;
 using TorchSharp;
 using TorchSharp.Modules;
@@ -7,13 +8,19 @@ using static TorchSharp.torch;
 namespace Microsoft.ML.Lora.Peft;
 
 /// <summary>
-/// A causal LM with named adapters of one PEFT method (PEFT's <c>PeftModel</c> / <c>get_peft_model</c>): the
-/// method's tuner (<see cref="IPeftTuner"/>, chosen by the config's peft_type through <see cref="PeftMethods"/>)
-/// injects its layers into the model in place; this class does what every method shares: modules_to_save, which
-/// parameters train (the active adapter's own, everything else frozen), the parameter report, adapter files,
-/// disabling, merging and unloading.
+/// A causal LM with named adapters of one PEFT method (PEFT's <c>PeftModel</c>): make one with
+/// <see cref="GetPeftModel"/> (a new adapter from a config such as <see cref="LoraConfig"/>) or <see cref="FromPretrained"/>
+/// (an adapter folder written by PEFT or by <see cref="SavePretrained"/>). The adapter layers are injected into the
+/// <see cref="CausalLm"/> in place: everything but the active adapter's own parameters is frozen, <see cref="Forward"/>
+/// and <see cref="Generate(IReadOnlyList{int}, GenerationOptions)"/> run with the active adapter, and
+/// <see cref="MergeAndUnload"/> returns the plain model with the adapter folded into its weights.
 /// </summary>
-internal sealed class PeftModel
+/// <remarks>
+/// Internally the method's tuner (PEFT's <c>tuners/&lt;method&gt;</c>, chosen by the config's <c>peft_type</c> through
+/// the method registry) injects its layers; this class does what every method shares: modules_to_save, trainability,
+/// the parameter report, adapter files, disabling, merging and unloading.
+/// </remarks>
+public sealed class PeftModel
 {
     private readonly Dictionary<string, PeftConfig> _configs = new();
     private readonly Dictionary<string, ModulesToSaveWrapper> _saved = new();
@@ -28,26 +35,34 @@ internal sealed class PeftModel
     }
 
     /// <summary>The method's tuner (LoRA's <see cref="LoraModel"/>, ...).</summary>
-    public IPeftTuner Tuner { get; }
-    /// <summary>The model the adapters are injected into (PEFT's get_base_model()).</summary>
-    public CausalLm Model => Tuner.Model;
-    /// <summary>The adapter used in forward and trained.</summary>
+    internal IPeftTuner Tuner { get; }
+    /// <summary>The model the adapters are injected into.</summary>
+    internal CausalLm Model => Tuner.Model;
+
+    /// <summary>The model the adapter layers are injected into (PEFT's <c>get_base_model()</c>); it runs with the active adapter.</summary>
+    public CausalLm GetBaseModel() => Model;
+    /// <summary>The name of the adapter used in forward and trained (PEFT's <c>active_adapter</c>).</summary>
     public string ActiveAdapter { get; private set; } = "";
-    /// <summary>The active adapter's config.</summary>
+    /// <summary>The active adapter's config (PEFT's <c>peft_config[active_adapter]</c>).</summary>
     public PeftConfig PeftConfig => _configs[ActiveAdapter];
     /// <summary>The configs of all adapters by name, as kept (a method may complete them).</summary>
     public IReadOnlyDictionary<string, PeftConfig> PeftConfigs => _configs;
-    /// <summary>The peft_type of the adapters.</summary>
+    /// <summary>The <c>peft_type</c> of the adapters ("LORA", "IA3", ...).</summary>
     public string PeftType => PeftConfig.PeftType;
     /// <summary>modules_to_save wrappers by module path.</summary>
-    public IReadOnlyDictionary<string, ModulesToSaveWrapper> SavedModules => _saved;
+    internal IReadOnlyDictionary<string, ModulesToSaveWrapper> SavedModules => _saved;
 
     /// <summary>
-    /// Injects adapter <paramref name="adapterName"/> of <paramref name="config"/>'s method into <paramref name="model"/>
-    /// and freezes everything else (get_peft_model). With <paramref name="autocastAdapterDtype"/> (PEFT's default) the
-    /// adapter weights of a bfloat16 or float16 model are float32. PEFT's warnings (e.g. fan_in_fan_out set for Conv1D
-    /// targets) go to <paramref name="warning"/>, or to standard error when null.
+    /// Injects a new adapter <paramref name="adapterName"/> of <paramref name="config"/>'s method into
+    /// <paramref name="model"/> (in place) and freezes everything else (PEFT's <c>get_peft_model</c>). Seed torch's
+    /// generator first (<c>torch.random.manual_seed</c>) for a reproducible initialisation.
     /// </summary>
+    /// <param name="model">The base model; it is modified in place.</param>
+    /// <param name="config">The adapter's configuration (<see cref="LoraConfig"/>, ...).</param>
+    /// <param name="adapterName">The adapter's name (default "default", as PEFT).</param>
+    /// <param name="autocastAdapterDtype">Float32 adapter weights over a bfloat16 or float16 model (PEFT's autocast_adapter_dtype, default true).</param>
+    /// <param name="warning">Where PEFT's warnings go (e.g. fan_in_fan_out set for Conv1D targets); null writes them to standard error.</param>
+    /// <exception cref="ArgumentException">The config is invalid or its targets are not in the model (the message lists the model's modules).</exception>
     public static PeftModel GetPeftModel(CausalLm model, PeftConfig config, string adapterName = "default", bool autocastAdapterDtype = true,
         Action<string>? warning = null)
     {
@@ -59,9 +74,15 @@ internal sealed class PeftModel
     }
 
     /// <summary>
-    /// Loads the adapter folder (adapter_config.json + adapter_model.safetensors written by PEFT or this library)
-    /// onto <paramref name="model"/> (PeftModel.from_pretrained). Not trainable unless <paramref name="isTrainable"/>.
+    /// Loads an adapter folder (adapter_config.json + adapter_model.safetensors, written by PEFT or by
+    /// <see cref="SavePretrained"/>) onto <paramref name="model"/> (PEFT's <c>PeftModel.from_pretrained</c>).
     /// </summary>
+    /// <param name="model">The base model the adapter was trained on; it is modified in place.</param>
+    /// <param name="folder">The adapter folder.</param>
+    /// <param name="adapterName">The name to give the adapter (default "default").</param>
+    /// <param name="isTrainable">Train it further (false, as PEFT: loaded for inference, nothing trains).</param>
+    /// <exception cref="PeftConfigException">adapter_config.json is missing, malformed, or has a peft_type or field that is not supported.</exception>
+    /// <exception cref="AdapterLoadException">adapter_model.safetensors is missing, malformed, or does not fit the model (a key missing or unexpected, a shape differs).</exception>
     public static PeftModel FromPretrained(CausalLm model, string folder, string adapterName = "default", bool isTrainable = false)
     {
         var config = PeftAdapterIO.ReadConfig(folder) with { InferenceMode = !isTrainable };
@@ -70,7 +91,9 @@ internal sealed class PeftModel
         return peft;
     }
 
-    /// <summary>Adds another adapter of the same method (not active until <see cref="SetAdapter"/>).</summary>
+    /// <summary>Adds another adapter of the same method (PEFT's <c>add_adapter</c>); it is not active until <see cref="SetAdapter"/>.</summary>
+    /// <param name="name">The new adapter's name.</param>
+    /// <param name="config">Its configuration, of the same method as the adapters already held.</param>
     public void AddAdapter(string name, PeftConfig config)
     {
         if (_configs.Count > 0 && config.PeftType != PeftType)
@@ -82,14 +105,20 @@ internal sealed class PeftModel
         SetTrainable(ActiveAdapter);
     }
 
-    /// <summary>Reads an adapter folder into a new adapter <paramref name="name"/> (PeftModel.load_adapter); not trainable unless <paramref name="isTrainable"/>.</summary>
+    /// <summary>Reads an adapter folder into a new adapter <paramref name="name"/> (PEFT's <c>load_adapter</c>); it is not active until <see cref="SetAdapter"/>.</summary>
+    /// <param name="folder">The adapter folder.</param>
+    /// <param name="name">The new adapter's name.</param>
+    /// <param name="isTrainable">Train it when it is made active (false: loaded for inference).</param>
+    /// <exception cref="PeftConfigException">adapter_config.json is missing, malformed or not supported.</exception>
+    /// <exception cref="AdapterLoadException">adapter_model.safetensors is missing, malformed or does not fit the model.</exception>
     public void LoadAdapter(string folder, string name, bool isTrainable = false)
     {
         AddAdapter(name, PeftAdapterIO.ReadConfig(folder) with { InferenceMode = !isTrainable });
         PeftAdapterIO.LoadWeights(this, folder, name);
     }
 
-    /// <summary>Makes <paramref name="name"/> the adapter used in forward and the trainable one.</summary>
+    /// <summary>Makes <paramref name="name"/> the adapter used in forward and the trained one (PEFT's <c>set_adapter</c>).</summary>
+    /// <param name="name">An adapter held by this model.</param>
     public void SetAdapter(string name)
     {
         if (!_configs.ContainsKey(name)) throw new KeyNotFoundException($"No adapter '{name}'; adapters: {string.Join(", ", _configs.Keys)}.");
@@ -99,7 +128,8 @@ internal sealed class PeftModel
         SetTrainable(name);
     }
 
-    /// <summary>Removes adapter <paramref name="name"/>; another becomes active if it was.</summary>
+    /// <summary>Removes adapter <paramref name="name"/> (PEFT's <c>delete_adapter</c>); another becomes active if it was.</summary>
+    /// <param name="name">An adapter held by this model.</param>
     public void DeleteAdapter(string name)
     {
         if (!_configs.ContainsKey(name)) throw new KeyNotFoundException($"No adapter '{name}'; adapters: {string.Join(", ", _configs.Keys)}.");
@@ -143,6 +173,10 @@ internal sealed class PeftModel
     }
 
     /// <summary>Logits [batch, time, vocab] with the active adapter (see <see cref="CausalLm.Forward"/>).</summary>
+    /// <param name="inputIds">Token ids [batch, time].</param>
+    /// <param name="attentionMask">[batch, past + time], 1 = token, 0 = padding; null for all ones.</param>
+    /// <param name="positionIds">Positions [batch, time]; null derives them from the mask.</param>
+    /// <param name="cache">Keys and values of earlier calls, or null.</param>
     public Tensor Forward(Tensor inputIds, Tensor? attentionMask = null, Tensor? positionIds = null, Generation.KvCache? cache = null) =>
         Tuner.Forward(inputIds, attentionMask, positionIds, cache);
 
@@ -150,7 +184,7 @@ internal sealed class PeftModel
     /// The adapter's tensors by the key PEFT saves them under: the method's state dict plus the adapter's
     /// modules_to_save copies under the wrapped module's own path (PEFT drops "modules_to_save.&lt;adapter&gt;").
     /// </summary>
-    public SortedDictionary<string, Tensor> StateDict(string? adapter = null)
+    internal SortedDictionary<string, Tensor> StateDict(string? adapter = null)
     {
         adapter ??= ActiveAdapter;
         var dict = Tuner.StateDict(adapter);
@@ -161,11 +195,28 @@ internal sealed class PeftModel
         return dict;
     }
 
-    /// <summary>Writes the active (or the named) adapter as a PEFT folder (save_pretrained).</summary>
-    public void SavePretrained(string folder, string? adapter = null) => PeftAdapterIO.Save(this, folder, adapter);
+    /// <summary>
+    /// Writes the adapters as PEFT does (<c>save_pretrained</c>): adapter_config.json and adapter_model.safetensors (only
+    /// the adapter's tensors) into <paramref name="folder"/> for the adapter named "default", into
+    /// <c>folder/&lt;name&gt;</c> for any other. Each file is complete on disk before it replaces an earlier one.
+    /// </summary>
+    /// <param name="folder">The folder to write (created when absent).</param>
+    /// <param name="selectedAdapters">The adapters to save; null for all.</param>
+    public void SavePretrained(string folder, IEnumerable<string>? selectedAdapters = null)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(folder);
+        foreach (var name in selectedAdapters?.ToList() ?? [.. _configs.Keys])
+        {
+            if (!_configs.ContainsKey(name)) throw new KeyNotFoundException($"No adapter '{name}'; adapters: {string.Join(", ", _configs.Keys)}.");
+            PeftAdapterIO.Save(this, name == DefaultAdapterName ? folder : Path.Combine(folder, name), name);
+        }
+    }
+
+    /// <summary>PEFT's default adapter name, saved at the root of the folder.</summary>
+    public const string DefaultAdapterName = "default";
 
     /// <summary>Distinct parameters (tied weights counted once) with their first name.</summary>
-    public static List<(string Name, Parameter P)> DistinctParameters(nn.Module model)
+    internal static List<(string Name, Parameter P)> DistinctParameters(nn.Module model)
     {
         var seen = new HashSet<IntPtr>();
         var list = new List<(string, Parameter)>();
@@ -174,9 +225,9 @@ internal sealed class PeftModel
     }
 
     /// <summary>The parameters that train, in the model's order.</summary>
-    public List<(string Name, Parameter P)> TrainableParameters() => DistinctParameters(Model).Where(p => p.P.requires_grad).ToList();
+    internal List<(string Name, Parameter P)> TrainableParameters() => DistinctParameters(Model).Where(p => p.P.requires_grad).ToList();
 
-    /// <summary>(trainable, all) parameter counts as PEFT's get_nb_trainable_parameters.</summary>
+    /// <summary>(trainable, all) parameter counts as PEFT's <c>get_nb_trainable_parameters</c> (tied weights counted once).</summary>
     public (long Trainable, long All) GetNbTrainableParameters()
     {
         var ps = DistinctParameters(Model);
@@ -185,24 +236,34 @@ internal sealed class PeftModel
         return (ps.Where(p => p.P.requires_grad).Sum(p => Count(p.P)), ps.Sum(p => Count(p.P)));
     }
 
+    /// <summary>
+    /// Writes PEFT's <c>print_trainable_parameters</c> line ("trainable params: 2,048 || all params: 31,360 ||
+    /// trainable%: 6.5306") to <paramref name="writer"/> (the console when null).
+    /// </summary>
+    /// <param name="writer">Where to write the line; null for <see cref="Console.Out"/>.</param>
+    public void PrintTrainableParameters(TextWriter? writer = null) => (writer ?? Console.Out).WriteLine(TrainableReport());
+
     /// <summary>PEFT's print_trainable_parameters line.</summary>
-    public string TrainableReport()
+    internal string TrainableReport()
     {
         var (t, a) = GetNbTrainableParameters();
         return FormatReport(t, a);
     }
 
     /// <summary>The line of PEFT's print_trainable_parameters for these counts.</summary>
-    public static string FormatReport(long trainable, long all) =>
+    internal static string FormatReport(long trainable, long all) =>
         string.Create(CultureInfo.InvariantCulture, $"trainable params: {trainable:N0} || all params: {all:N0} || trainable%: {100.0 * trainable / all:F4}");
 
-    /// <summary>Adds the active adapter into the base weights (merge_adapter).</summary>
-    public void Merge() => Tuner.Merge(ActiveAdapter);
-    /// <summary>Takes merged adapters out of the base weights (unmerge_adapter).</summary>
-    public void Unmerge() => Tuner.Unmerge();
+    /// <summary>Adds the active adapter into the base weights (PEFT's <c>merge_adapter</c>); forward then skips the adapter layers. <see cref="UnmergeAdapter"/> undoes it.</summary>
+    public void MergeAdapter() => Tuner.Merge(ActiveAdapter);
+    /// <summary>Takes merged adapters out of the base weights again (PEFT's <c>unmerge_adapter</c>).</summary>
+    public void UnmergeAdapter() => Tuner.Unmerge();
 
-    /// <summary>Runs the base model without adapters until the returned scope is disposed (PEFT's disable_adapter()).</summary>
-    public IDisposable DisableAdapters()
+    /// <summary>
+    /// Runs the base model without adapters until the returned scope is disposed (PEFT's <c>with model.disable_adapter():</c>):
+    /// <c>using (peft.DisableAdapter()) { ... }</c>.
+    /// </summary>
+    public IDisposable DisableAdapter()
     {
         SetDisabled(true);
         return new Restore(() => SetDisabled(false));
@@ -214,11 +275,25 @@ internal sealed class PeftModel
         foreach (var w in _saved.Values) w.AdaptersDisabled = disabled;
     }
 
-    /// <summary>Merges the active adapter into the base weights and puts the original modules back (merge_and_unload).</summary>
+    /// <summary>
+    /// Merges the active adapter into the base weights and puts the original modules back (PEFT's
+    /// <c>merge_and_unload</c>): the plain model, which <see cref="CausalLm.SavePretrained"/> writes as a Hugging Face
+    /// folder. This <see cref="PeftModel"/> holds no adapter afterwards.
+    /// </summary>
     public CausalLm MergeAndUnload() => Unload(merge: true);
 
-    /// <summary>Puts the original modules back without merging (unload): the plain base model.</summary>
+    /// <summary>Puts the original modules back without merging (PEFT's <c>unload</c>): the base model as it was.</summary>
     public CausalLm Unload() => Unload(merge: false);
+
+    /// <summary>Generated tokens (prompt excluded) of one prompt with the active adapter (see <see cref="CausalLm.Generate(IReadOnlyList{int}, GenerationOptions)"/>).</summary>
+    /// <param name="prompt">Prompt token ids.</param>
+    /// <param name="options">Decoding settings; null for greedy, 32 new tokens, the model's EOS.</param>
+    public IReadOnlyList<int> Generate(IReadOnlyList<int> prompt, GenerationOptions? options = null) => Model.Generate(prompt, options);
+
+    /// <summary>Generated tokens (prompts excluded) of each prompt with the active adapter; the prompts are left-padded into one batch.</summary>
+    /// <param name="prompts">Prompt token ids, one list per row.</param>
+    /// <param name="options">Decoding settings; null for greedy, 32 new tokens, the model's EOS.</param>
+    public IReadOnlyList<IReadOnlyList<int>> Generate(IReadOnlyList<IReadOnlyList<int>> prompts, GenerationOptions? options = null) => Model.Generate(prompts, options);
 
     private CausalLm Unload(bool merge)
     {

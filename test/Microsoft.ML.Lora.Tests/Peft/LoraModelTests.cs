@@ -92,10 +92,10 @@ public class LoraModelTests
         var lm = PeftModel.GetPeftModel(model, R8 with { InitLoraWeights = LoraInit.Random, TargetModules = [LoraConfig.AllLinear] });
         var adapted = model.Forward(ids).detach();
         (adapted - baseLogits).abs().max().item<float>().Should().BeGreaterThan(1e-2f);
-        using (lm.DisableAdapters()) (model.Forward(ids) - baseLogits).abs().max().item<float>().Should().BeLessThan(1e-5f);
-        lm.Merge();
+        using (lm.DisableAdapter()) (model.Forward(ids) - baseLogits).abs().max().item<float>().Should().BeLessThan(1e-5f);
+        lm.MergeAdapter();
         (model.Forward(ids) - adapted).abs().max().item<float>().Should().BeLessThan(1e-4f);
-        lm.Unmerge();
+        lm.UnmergeAdapter();
         var unloaded = lm.MergeAndUnload();
         unloaded.named_parameters().Select(p => p.name).Should().NotContain(n => n.Contains("lora_") || n.Contains("base_layer"));
         (unloaded.Forward(ids) - adapted).abs().max().item<float>().Should().BeLessThan(1e-4f);
@@ -148,10 +148,12 @@ public class LoraModelTests
 
         var r4 = PeftModel.GetPeftModel(new TinyLm(TinyLm.MakeConfig()), R8 with { R = 4 });
         var act = () => PeftAdapterIO.LoadWeights(r4, dir);
-        act.Should().Throw<InvalidDataException>().WithMessage("*'base_model.model.transformer.h.0.attn.c_attn.lora_A.weight' has shape [8, 32], the model expects [4, 32]*");
+        act.Should().Throw<AdapterLoadException>().WithMessage("*'base_model.model.transformer.h.0.attn.c_attn.lora_A.weight' has shape [8, 32], the model expects [4, 32]*")
+            .Which.TensorName.Should().Be("base_model.model.transformer.h.0.attn.c_attn.lora_A.weight");
         var allLinear = PeftModel.GetPeftModel(new TinyLm(TinyLm.MakeConfig()), R8 with { TargetModules = ["c_attn", "c_fc"] });
         act = () => PeftAdapterIO.LoadWeights(allLinear, dir);
-        act.Should().Throw<InvalidDataException>().WithMessage("*missing 4 key(s) (first: base_model.model.transformer.h.0.mlp.c_fc.lora_A.weight)*");
+        act.Should().Throw<AdapterLoadException>().WithMessage("*missing 4 key(s) (first: base_model.model.transformer.h.0.mlp.c_fc.lora_A.weight)*")
+            .Which.FilePath.Should().Be(Path.Combine(dir, "adapter_model.safetensors"));
 
         using (no_grad()) lm.Layers.Values.First().LoraA("default").add_(1);
         PeftAdapterIO.BeforeCommit = _ => throw new IOException("disk full");

@@ -54,7 +54,7 @@ public class ModulesToSaveTests
 
         w.OriginalModule.parameters().Single().allclose(original, 0, 0).Should().BeTrue();
         w.Copy("default").parameters().Single().allclose(original, 0, 0).Should().BeFalse();
-        using (lm.DisableAdapters())
+        using (lm.DisableAdapter())
         using (var disabled = lm.Model.Forward(Ids)) disabled.allclose(refLogits, 0, 0).Should().BeTrue();
         using var enabled = lm.Model.Forward(Ids);
         enabled.allclose(refLogits, 0, 0).Should().BeFalse();
@@ -85,10 +85,10 @@ public class ModulesToSaveTests
         using var logits = lm.Model.Forward(Ids);
         var c = lm.Layers["transformer.h.0.attn.c_attn"];
         using var before = c.weight.detach().clone();
-        lm.Merge();
+        lm.MergeAdapter();
         using (var merged = lm.Model.Forward(Ids)) merged.allclose(logits, rtol: 1e-5, atol: 1e-5).Should().BeTrue();
         c.weight.allclose(before, 0, 0).Should().BeFalse();
-        lm.Unmerge();
+        lm.UnmergeAdapter();
         c.weight.allclose(before, rtol: 0, atol: 1e-6).Should().BeTrue();
         var unloaded = lm.MergeAndUnload();
         using var final = unloaded.Forward(Ids);

@@ -82,9 +82,9 @@ public class DoraTests(ITestOutputHelper output)
         double trained = MethodFixture.MaxErr(adapted, f.Load("logits_trained"), mask);
         var generated = new Generator(model).Generate([.. f.Load("gen_prompt_ids").data<long>().Select(x => (int)x)], new GenerationOptions { MaxNewTokens = 8, EosTokenIds = [] });
 
-        lm.Merge();
+        lm.MergeAdapter();
         double merged = MethodFixture.MaxErr(model.Forward(ids, mask, Positions(ids)), f.Load("logits_merged"), mask);
-        lm.Unmerge();
+        lm.UnmergeAdapter();
         double unmerged = MethodFixture.MaxErr(model.Forward(ids, mask, Positions(ids)), adapted, mask);
         output.WriteLine($"dora llama: trained {trained:E2}, merged {merged:E2}, after unmerge {unmerged:E2}");
         trained.Should().BeLessThanOrEqualTo(1e-4);
@@ -130,9 +130,9 @@ public class DoraTests(ITestOutputHelper output)
         using var _ = no_grad();
         var adapted = model.Forward(ids);
         var w0 = lm.Layers.Values.First().weight.clone();
-        lm.Merge();
+        lm.MergeAdapter();
         double merged = (model.Forward(ids) - adapted).abs().max().item<float>();
-        lm.Unmerge();
+        lm.UnmergeAdapter();
         double restored = (lm.Layers.Values.First().weight - w0).abs().max().item<float>();
         output.WriteLine($"dora {arch}: merged vs adapted {merged:E2}, weight after unmerge {restored:E2}");
         merged.Should().BeLessThanOrEqualTo(1e-4);

@@ -110,7 +110,7 @@ public class IA3Tests(ITestOutputHelper output)
         var ids = tensor(new long[] { 5, 17, 99, 3, 250, 8 }).unsqueeze(0);
         using var _ = no_grad();
         var adapted = model.Forward(ids);
-        ia3.Merge();
+        ia3.MergeAdapter();
         double err = (model.Forward(ids) - adapted).abs().max().item<float>();
         output.WriteLine($"ia3 {arch}: merged vs adapted max abs {err:E2}");
         err.Should().BeLessThanOrEqualTo(1e-4);

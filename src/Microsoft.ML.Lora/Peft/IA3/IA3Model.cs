@@ -116,13 +116,13 @@ internal sealed class IA3Model(CausalLm model) : IPeftTuner
     /// <summary>Parses IA3's fields of an adapter_config.json object.</summary>
     public static PeftConfig ReadConfig(JsonObject j, string path)
     {
-        if (j["modules_to_save"] is JsonArray { Count: > 0 }) throw new NotSupportedException($"'{path}': IA3 with modules_to_save is not supported.");
+        if (j["modules_to_save"] is JsonArray { Count: > 0 }) throw new PeftConfigException($"'{path}': IA3 with modules_to_save is not supported.", path, "modules_to_save");
         return new IA3Config
         {
-            TargetModules = PeftJson.Strings(j, "target_modules"),
-            FeedforwardModules = PeftJson.Strings(j, "feedforward_modules"),
-            FanInFanOut = j["fan_in_fan_out"]?.GetValue<bool>() ?? false,
-            InitIA3Weights = j["init_ia3_weights"]?.GetValue<bool>() ?? true,
+            TargetModules = PeftJson.Strings(j, "target_modules", path),
+            FeedforwardModules = PeftJson.Strings(j, "feedforward_modules", path),
+            FanInFanOut = PeftJson.Bool(j, "fan_in_fan_out", path) ?? false,
+            InitIA3Weights = PeftJson.Bool(j, "init_ia3_weights", path) ?? true,
         };
     }
 

@@ -28,25 +28,26 @@ internal static class LoraConfigJson
     public static PeftConfig Read(JsonObject j, string path)
     {
         var init = j["init_lora_weights"] is JsonValue iv
-            ? iv.TryGetValue(out bool b) ? (b ? LoraInit.Default : LoraInit.Random) : iv.GetValue<string>() == "gaussian" ? LoraInit.Gaussian : LoraInit.Default
+            ? iv.TryGetValue(out bool b) ? (b ? LoraInit.Default : LoraInit.Random) : iv.TryGetValue(out string? name) && name == "gaussian" ? LoraInit.Gaussian : LoraInit.Default
             : LoraInit.Default;
         return new LoraConfig
         {
-            R = j["r"]?.GetValue<int>() ?? 8,
-            LoraAlpha = j["lora_alpha"]?.GetValue<double>() ?? 8,
-            LoraDropout = j["lora_dropout"]?.GetValue<double>() ?? 0,
-            TargetModules = PeftJson.Strings(j, "target_modules"),
-            Bias = j["bias"]?.GetValue<string>() ?? "none",
-            FanInFanOut = j["fan_in_fan_out"]?.GetValue<bool>() ?? false,
-            UseRsLora = j["use_rslora"]?.GetValue<bool>() ?? false,
+            R = PeftJson.Int(j, "r", path) ?? 8,
+            LoraAlpha = PeftJson.Double(j, "lora_alpha", path) ?? 8,
+            LoraDropout = PeftJson.Double(j, "lora_dropout", path) ?? 0,
+            TargetModules = PeftJson.Strings(j, "target_modules", path),
+            Bias = PeftJson.String(j, "bias", path) ?? "none",
+            FanInFanOut = PeftJson.Bool(j, "fan_in_fan_out", path) ?? false,
+            UseRsLora = PeftJson.Bool(j, "use_rslora", path) ?? false,
             LayersToTransform = j["layers_to_transform"] switch
             {
-                JsonArray a => a.Select(x => x!.GetValue<int>()).ToList(),
+                JsonArray a => a.Select(x => x is JsonValue v && v.TryGetValue(out int i) ? i : throw new PeftConfigException($"'{path}': field 'layers_to_transform' holds {x?.ToJsonString() ?? "null"}; expected integers.", path, "layers_to_transform")).ToList(),
                 JsonValue v when v.TryGetValue(out int i) => [i],
-                _ => null,
+                null => null,
+                var other => throw new PeftConfigException($"'{path}': field 'layers_to_transform' is {other.ToJsonString()}; expected an integer or a list of integers.", path, "layers_to_transform"),
             },
             InitLoraWeights = init,
-            UseDora = j["use_dora"]?.GetValue<bool>() ?? false,
+            UseDora = PeftJson.Bool(j, "use_dora", path) ?? false,
         };
     }
 }
