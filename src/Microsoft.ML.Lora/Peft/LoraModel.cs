@@ -21,6 +21,9 @@ internal sealed class LoraModel
     public string ActiveAdapter { get; private set; }
     public LoraConfig Config => _configs[ActiveAdapter];
     public IReadOnlyDictionary<string, LoraConfig> Configs => _configs;
+    /// <summary>Wrapped embeddings by module path (PEFT's LoRA Embedding layer).</summary>
+    public IReadOnlyDictionary<string, LoraEmbedding> Embeddings => _embeddings;
+    private readonly Dictionary<string, LoraEmbedding> _embeddings = new();
     /// <summary>modules_to_save wrappers by module path.</summary>
     public IReadOnlyDictionary<string, ModulesToSaveWrapper> SavedModules => _saved;
     private readonly Dictionary<string, ModulesToSaveWrapper> _saved = new();
@@ -38,26 +41,39 @@ internal sealed class LoraModel
     /// <summary>The paths <paramref name="config"/> selects on a model with these linear paths.</summary>
     public static List<string> SelectTargets(IEnumerable<string> linearPaths, LoraConfig config, string modelType)
     {
-        config.Validate();
         var paths = linearPaths.ToList();
-        var targets = config.TargetModules ?? LoraConfig.DefaultTargets(modelType);
-        List<string> selected;
-        if (targets.Count == 1 && targets[0] == LoraConfig.AllLinear)
-            selected = paths.Where(p => p.Split('.')[^1] != "lm_head").ToList();
-        else
-            selected = paths.Where(p => targets.Any(t => LoraConfig.SuffixMatch(p, t))).ToList();
-        if (config.LayersToTransform is { } layers)
-            selected = selected.Where(p => LoraConfig.LayerIndex(p) is int i && layers.Contains(i)).ToList();
+        return Select(paths, paths, config, modelType).Targets;
+    }
+
+    /// <summary>
+    /// PEFT's target selection over the module paths of a model: the default targets of the model type when none are
+    /// given, "all-linear" resolved to the linear paths (lm_head excepted), then <see cref="LoraTargets.IsTarget"/>.
+    /// Returns the config as it is saved (targets resolved) and the selected paths.
+    /// </summary>
+    public static (LoraConfig Config, List<string> Targets) Select(IReadOnlyList<string> modulePaths, IReadOnlyList<string> linearPaths, LoraConfig config, string modelType)
+    {
+        config.Validate();
+        if (config.TargetModules is null && config.TargetModulesRegex is null) config = config with { TargetModules = LoraConfig.DefaultTargets(modelType) };
+        config = LoraTargets.ResolveAllLinear(config, linearPaths);
+        var selected = modulePaths.Where(p => p.Length > 0 && LoraTargets.IsTarget(config, p)).ToList();
         if (selected.Count == 0)
         {
-            var names = paths.Select(p => System.Text.RegularExpressions.Regex.Replace(p, @"\.\d+\.", ".N.")).Distinct();
+            var names = linearPaths.Select(p => System.Text.RegularExpressions.Regex.Replace(p, @"\.\d+\.", ".N.")).Distinct();
+            var targets = config.TargetModulesRegex is { } regex ? $"'{regex}' (a regular expression matched against the whole path)" : $"[{string.Join(", ", config.TargetModules!)}]";
             throw new ArgumentException(
-                $"Target modules [{string.Join(", ", targets)}] not found in the {modelType} model" +
-                (config.LayersToTransform is null ? "" : $" (layers_to_transform [{string.Join(", ", config.LayersToTransform)}])") +
+                $"Target modules {targets} not found in the {modelType} model" +
+                (config.LayersToTransform is null ? "" : $" (layers_to_transform [{string.Join(", ", config.LayersToTransform)}]" +
+                    (config.LayersPattern is null ? ")" : $", layers_pattern [{string.Join(", ", config.LayersPattern)}])")) +
                 $". Its linear modules are: {string.Join(", ", names)}.");
         }
-        return selected;
+        return (config, selected);
     }
+
+    /// <summary>Module paths of <paramref name="model"/> that target_modules can match (none inside an adapter wrapper).</summary>
+    private static List<(string Path, nn.Module Module)> CandidateModules(nn.Module model) =>
+        model.named_modules().Where(m => m.name.Length > 0 && !m.name.Contains("base_layer", StringComparison.Ordinal)
+                && !m.name.Contains("lora_", StringComparison.Ordinal) && !ModulesToSaveWrapper.IsInside(m.name))
+            .Select(m => (m.name, m.module)).ToList();
 
     /// <summary>
     /// Wraps the targets of <paramref name="config"/> and freezes the rest (get_peft_model). With
@@ -71,10 +87,16 @@ internal sealed class LoraModel
     /// <param name="warning">Where PEFT's warnings go (e.g. fan_in_fan_out set for Conv1D targets); null writes them to standard error.</param>
     public static LoraModel Apply(CausalLm model, LoraConfig config, string adapterName = "default", bool autocastAdapterDtype = true, Action<string>? warning = null)
     {
+        var modules = CandidateModules(model);
         var linears = LinearModules(model);
-        var targets = SelectTargets(linears.Select(l => l.Path), config, model.Config.ModelType);
-        var byPath = linears.ToDictionary(l => l.Path, l => l.Linear);
-        if (!config.FanInFanOut && targets.Any(t => byPath[t].FanInFanOut))
+        RefuseTiedHead(model, config with { TargetModules = config.TargetModules ?? (config.TargetModulesRegex is null ? LoraConfig.DefaultTargets(model.Config.ModelType) : null) }, modules);
+        (config, var targets) = Select([.. modules.Select(m => m.Path)], [.. linears.Select(l => l.Path)], config, model.Config.ModelType);
+        var byPath = modules.ToDictionary(m => m.Path, m => m.Module);
+        foreach (var t in targets)
+            if (byPath[t] is not (ILinear or Embedding))
+                throw new NotSupportedException($"Target module '{t}' is a {byPath[t].GetName()}; LoRA adapts linear layers (Linear, Conv1D) and embeddings, as PEFT. " +
+                    "Name the layers inside it instead (set TargetModules).");
+        if (!config.FanInFanOut && targets.Any(t => byPath[t] is ILinear { FanInFanOut: true }))
         {
             (warning ?? Console.Error.WriteLine)("fan_in_fan_out is set to False but the target module is `Conv1D`. Setting fan_in_fan_out to True.");
             config = config with { FanInFanOut = true };
@@ -82,19 +104,46 @@ internal sealed class LoraModel
         foreach (var p in model.parameters()) p.requires_grad = false;
         using var rng = Training.Rng.UseDefaultUnlessInstalled(); // the init depends on a seed, never on torch's global generator
         var layers = new Dictionary<string, LoraLinear>();
-        foreach (var path in targets)
+        var embeddings = new Dictionary<string, LoraEmbedding>();
+        foreach (var path in targets.Where(t => byPath[t] is Embedding))
+        {
+            var wrapper = new LoraEmbedding((Embedding)byPath[path], EmbeddingPaddingIdx(model.Config));
+            try { ModuleSurgery.Replace(model, path, wrapper); }
+            catch (InvalidOperationException e)
+            { throw new NotSupportedException($"Target module '{path}': LoRA on the embedding of a {model.Config.ModelType} model is not supported ({e.Message})", e); }
+            wrapper.AddAdapter(adapterName, config.ForModule(path), autocastAdapterDtype);
+            embeddings[path] = wrapper;
+        }
+        foreach (var path in targets.Where(t => byPath[t] is ILinear))
         {
             var original = (nn.Module<Tensor, Tensor>)ModuleSurgery.Get(model, path);
             var wrapper = new LoraLinear(original);
             ModuleSurgery.Replace(model, path, wrapper);
-            wrapper.AddAdapter(adapterName, config, autocastAdapterDtype);
+            wrapper.AddAdapter(adapterName, config.ForModule(path), autocastAdapterDtype);
             layers[path] = wrapper;
         }
         var lm = new LoraModel(model, layers, adapterName);
+        foreach (var (path, e) in embeddings) lm._embeddings[path] = e;
         lm._configs[adapterName] = config;
         lm.WrapModulesToSave(adapterName);
         lm.SetTrainable(adapterName);
         return lm;
+    }
+
+    /// <summary>
+    /// The padding_idx transformers gives the input embedding: pad_token_id for the LLaMA-style models, none for GPT-2 and
+    /// BLOOM. The LoRA lookup of that row gets no gradient (F.embedding with padding_idx).
+    /// </summary>
+    private static long? EmbeddingPaddingIdx(ModelConfig c) => c.ModelType is "gpt2" or "bloom" ? null : c.PadTokenId;
+
+    /// <summary>A target that names lm_head on a model whose head is the input embedding is refused: there is no separate layer.</summary>
+    private static void RefuseTiedHead(CausalLm model, LoraConfig config, List<(string Path, nn.Module Module)> modules)
+    {
+        if (modules.Any(m => m.Path == "lm_head") || !model.Config.TieWordEmbeddings || config.TargetModules is null && config.TargetModulesRegex is null) return;
+        if (config.IsAllLinear || !LoraTargets.IsTarget(config, "lm_head")) return;
+        throw new NotSupportedException($"Target module 'lm_head' cannot be adapted: the {model.Config.ModelType} model ties lm_head to its input embedding " +
+            "(tie_word_embeddings: true), so the output layer is not a module of its own and a LoRA on it would also change the input embedding. " +
+            "Remove lm_head from the target modules.");
     }
 
     /// <summary>Adds another adapter on the same targets (not active until <see cref="SetAdapter"/>).</summary>
@@ -103,7 +152,8 @@ internal sealed class LoraModel
         if (_configs.ContainsKey(name)) throw new ArgumentException($"Adapter '{name}' already exists.");
         config = config with { FanInFanOut = config.FanInFanOut || Layers.Values.Any(l => l.FanInFanOut) };
         using var rng = Training.Rng.UseDefaultUnlessInstalled();
-        foreach (var l in Layers.Values) { var active = l.ActiveAdapter; l.AddAdapter(name, config, autocastAdapterDtype); l.ActiveAdapter = active; }
+        foreach (var (path, l) in Layers) { var active = l.ActiveAdapter; l.AddAdapter(name, config.ForModule(path), autocastAdapterDtype); l.ActiveAdapter = active; }
+        foreach (var (path, e) in _embeddings) { var active = e.ActiveAdapter; e.AddAdapter(name, config.ForModule(path), autocastAdapterDtype); e.ActiveAdapter = active; }
         _configs[name] = config;
         WrapModulesToSave(name);
         SetTrainable(ActiveAdapter);
@@ -135,6 +185,7 @@ internal sealed class LoraModel
     {
         if (!_configs.ContainsKey(name)) throw new KeyNotFoundException($"No adapter '{name}'; adapters: {string.Join(", ", _configs.Keys)}.");
         foreach (var l in Layers.Values) l.ActiveAdapter = name;
+        foreach (var e in _embeddings.Values) e.ActiveAdapter = name;
         foreach (var w in _saved.Values) w.ActiveAdapter = name;
         ActiveAdapter = name;
         SetTrainable(name);
@@ -148,7 +199,8 @@ internal sealed class LoraModel
         var config = _configs[adapter];
         foreach (var (name, p) in Model.named_parameters())
         {
-            p.requires_grad = AdapterParameterNames.Any(n => name.Contains($".{n}.{adapter}.", StringComparison.Ordinal));
+            p.requires_grad = AdapterParameterNames.Any(n => name.Contains($".{n}.{adapter}.", StringComparison.Ordinal))
+                || name.EndsWith($".lora_embedding_A.{adapter}", StringComparison.Ordinal) || name.EndsWith($".lora_embedding_B.{adapter}", StringComparison.Ordinal);
         }
         if (config.Bias == "all")
             foreach (var (name, p) in Model.named_parameters()) { if (name.EndsWith("bias", StringComparison.Ordinal)) p.requires_grad = true; }
@@ -191,17 +243,28 @@ internal sealed class LoraModel
     public static string FormatReport(long trainable, long all) =>
         string.Create(CultureInfo.InvariantCulture, $"trainable params: {trainable:N0} || all params: {all:N0} || trainable%: {100.0 * trainable / all:F4}");
 
-    public void Merge() { foreach (var l in Layers.Values) l.Merge(ActiveAdapter); }
-    public void Unmerge() { foreach (var l in Layers.Values) l.Unmerge(); }
+    public void Merge()
+    {
+        foreach (var l in Layers.Values) l.Merge(ActiveAdapter);
+        foreach (var e in _embeddings.Values) e.Merge(ActiveAdapter);
+    }
+
+    public void Unmerge()
+    {
+        foreach (var l in Layers.Values) l.Unmerge();
+        foreach (var e in _embeddings.Values) e.Unmerge();
+    }
 
     /// <summary>Runs the base model without adapters until the returned scope is disposed (PEFT's disable_adapter()).</summary>
     public IDisposable DisableAdapters()
     {
         foreach (var l in Layers.Values) l.AdaptersDisabled = true;
+        foreach (var e in _embeddings.Values) e.AdaptersDisabled = true;
         foreach (var w in _saved.Values) w.AdaptersDisabled = true;
         return new Restore(() =>
         {
             foreach (var l in Layers.Values) l.AdaptersDisabled = false;
+            foreach (var e in _embeddings.Values) e.AdaptersDisabled = false;
             foreach (var w in _saved.Values) w.AdaptersDisabled = false;
         });
     }
@@ -213,6 +276,11 @@ internal sealed class LoraModel
         {
             l.Merge(ActiveAdapter);
             ModuleSurgery.Replace(Model, path, l.BaseLayer);
+        }
+        foreach (var (path, e) in _embeddings)
+        {
+            e.Merge(ActiveAdapter);
+            ModuleSurgery.Replace(Model, path, e.BaseLayer);
         }
         foreach (var (path, w) in _saved)
             ModuleSurgery.Replace(Model, path, w.Has(ActiveAdapter) ? w.Copy(ActiveAdapter) : w.OriginalModule);

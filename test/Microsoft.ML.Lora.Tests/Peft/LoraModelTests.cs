@@ -25,11 +25,14 @@ public class LoraModelTests
     }
 
     [Fact]
-    public void All_linear_excludes_lm_head_and_layers_to_transform_filters()
+    public void All_linear_excludes_lm_head_and_layers_to_transform_filters_suffix_names()
     {
         using var scope = NewDisposeScope();
-        var lm = LoraModel.Apply(new TinyLm(TinyLm.MakeConfig()), R8 with { TargetModules = [LoraConfig.AllLinear], LayersToTransform = [1] });
-        lm.Layers.Keys.Should().Equal("transformer.h.1.attn.c_attn", "transformer.h.1.attn.c_proj", "transformer.h.1.mlp.c_fc", "transformer.h.1.mlp.c_proj");
+        var lm = LoraModel.Apply(new TinyLm(TinyLm.MakeConfig()), R8 with { TargetModules = [LoraConfig.AllLinear] });
+        lm.Layers.Should().HaveCount(8).And.NotContainKey("lm_head");
+        // all-linear is a string in PEFT, which refuses layers_to_transform with it (TargetSelectionTests); names filter
+        LoraModel.Apply(new TinyLm(TinyLm.MakeConfig()), R8 with { TargetModules = ["c_attn", "c_proj", "c_fc"], LayersToTransform = [1] }).Layers.Keys
+            .Should().Equal("transformer.h.1.attn.c_attn", "transformer.h.1.attn.c_proj", "transformer.h.1.mlp.c_fc", "transformer.h.1.mlp.c_proj");
         // suffix "c_proj" matches both attention and MLP projections, as in PEFT
         LoraModel.Apply(new TinyLm(TinyLm.MakeConfig()), R8 with { TargetModules = ["c_proj"] }).Layers.Should().HaveCount(4);
     }
