@@ -9,7 +9,7 @@ internal static class Fixtures
 
     public static string Tokenizer(string name) => Path.Combine(Root, "tokenizers", name);
 
-    public static readonly string[] Architectures = ["bloom", "gpt2", "llama", "qwen2"];
+    public static readonly string[] Architectures = ["bloom", "gpt2", "llama", "qwen2", "qwen3", "phi3", "gemma2"];
 
     private static string FindRoot()
     {

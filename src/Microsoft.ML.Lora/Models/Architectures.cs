@@ -12,13 +12,13 @@ internal static class Architectures
     public static IReadOnlyList<Architecture> All { get; } =
     [
         BloomFamily.Bloom,
-        //GEMMA2
+        Gemma2Family.Gemma2,
         Gpt2Family.Gpt2,
         LlamaFamily.Llama,
         LlamaFamily.Mistral,
-        //PHI3
+        Phi3Family.Phi3,
         LlamaFamily.Qwen2,
-        //QWEN3
+        Qwen3Family.Qwen3,
     ];
 
     private static readonly Dictionary<string, Architecture> ByType = All.ToDictionary(a => a.ModelType, StringComparer.Ordinal);

@@ -26,7 +26,10 @@ internal static class LlamaFamily
         r => r.Decoder(new DecoderDefaults { MaxPositionEmbeddings = 4096 * 32 }) with { SlidingWindow = r.OptInt("sliding_window", 4096) });
 
     public static readonly Architecture Qwen2 = Describe("qwen2", "Qwen2ForCausalLM", LlamaParts.Qwen2,
-        r => QwenSlidingRule(r, r.Decoder(new DecoderDefaults { MaxPositionEmbeddings = 32768 }) with { AttentionBias = true }));
+        r => QwenSlidingRule(r, r.Decoder(new DecoderDefaults { MaxPositionEmbeddings = 32768 }) with { AttentionBias = true })) with
+    {
+        Ia3Targets = ["q_proj", "v_proj", "down_proj"],
+    };
 
     /// <summary>A family description with the LLaMA skeleton, its key names and PEFT's LLaMA defaults (override with <c>with</c>).</summary>
     public static Architecture Describe(string modelType, string className, LlamaParts parts, Func<ConfigReader, ModelConfig> readConfig) => new()
@@ -123,17 +126,16 @@ internal sealed class LlamaForCausalLm : CausalLm
     public override Tensor Forward(Tensor inputIds, Tensor? attentionMask = null, Tensor? positionIds = null, KvCache? cache = null)
     {
         var h = model.forward(inputIds, attentionMask, positionIds, cache); // (batch, seq, hidden)
-        return lm_head is null ? Logits(h, model.embed_tokens.weight!) : lm_head.forward(h).As(Precision.Compute);
+        return lm_head is null ? Logits(h, EmbeddingWeight.Of(model.embed_tokens)) : lm_head.forward(h).As(Precision.Compute);
     }
 }
 
 /// <summary>embed_tokens, layers, norm, and the rotary frequencies.</summary>
 internal sealed class LlamaModel : nn.Module
 {
-    internal Embedding embed_tokens;
+    internal nn.Module<Tensor, Tensor> embed_tokens; // an Embedding, or a LoRA wrapper of it
     internal ModuleList<LlamaDecoderLayer> layers;
     internal RmsNorm norm;
-    private readonly ModelConfig _config;
     private readonly RotaryFrequencies _rotary;
 
     public LlamaModel(ModelConfig c, LlamaParts parts) : base("LlamaModel")
@@ -141,7 +143,6 @@ internal sealed class LlamaModel : nn.Module
         embed_tokens = nn.Embedding(c.VocabSize, c.HiddenSize);
         layers = new ModuleList<LlamaDecoderLayer>([.. Enumerable.Range(0, c.NumLayers).Select(_ => new LlamaDecoderLayer(c, parts))]);
         norm = new RmsNorm(c.HiddenSize, c.NormEpsilon);
-        _config = c;
         _rotary = new RotaryFrequencies(c);
         RegisterComponents();
     }
@@ -149,13 +150,9 @@ internal sealed class LlamaModel : nn.Module
     /// <summary>inputIds: (batch, seq) → hidden states (batch, seq, hidden) float32.</summary>
     public Tensor forward(Tensor inputIds, Tensor? attentionMask, Tensor? positionIds, KvCache? cache)
     {
-        long time = inputIds.shape[1], past = cache?.Length ?? 0;
-        var mask = Attention.FullMask(inputIds, attentionMask, past);          // (batch, past + seq)
-        positionIds ??= Attention.PositionsFromMask(mask, time);               // (batch, seq)
-        var x = embed_tokens.forward(inputIds).As(Precision.Compute);          // (batch, seq, hidden)
-        var biases = new LayerMasks(mask, time, x.dtype, _config);
-        var (cos, sin) = _rotary.CosSin(positionIds);                          // (batch, 1, seq, rotary_dim)
-        for (int i = 0; i < layers.Count; i++) x = layers[i].forward(x, biases.For(i), cos, sin, cache, i);
+        var (masks, cos, sin) = _rotary.Prepare(inputIds, attentionMask, positionIds, cache?.Length ?? 0);
+        var x = embed_tokens.forward(inputIds).As(Precision.Compute); // (batch, seq, hidden)
+        for (int i = 0; i < layers.Count; i++) x = layers[i].forward(x, masks.For(i), cos, sin, cache, i);
         return norm.forward(x);
     }
 }

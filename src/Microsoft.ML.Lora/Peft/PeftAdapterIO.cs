@@ -105,34 +105,41 @@ internal static class PeftAdapterIO
     /// Copies the weights of an adapter folder into <paramref name="adapter"/> of <paramref name="model"/>; every expected
     /// key must be present with its shape and no unknown key may remain.
     /// </summary>
-    public static void LoadWeights(PeftModel model, string folder, string? adapter = null) =>
-        LoadInto(model.StateDict(adapter ?? model.ActiveAdapter), folder);
+    public static void LoadWeights(PeftModel model, string folder, string? adapter = null)
+    {
+        // Full base matrices (save_embedding_layers) are loaded into the base when present, as PEFT's non-strict load does.
+        var all = model.StateDict(adapter ?? model.ActiveAdapter);
+        var optional = all.Where(kv => kv.Key.EndsWith(".base_layer.weight", StringComparison.Ordinal)).ToDictionary(kv => kv.Key, kv => kv.Value);
+        LoadInto(all.Where(kv => !optional.ContainsKey(kv.Key)).ToDictionary(kv => kv.Key, kv => kv.Value), folder, optional);
+    }
 
     /// <summary>
     /// Copies the tensors of an adapter folder into <paramref name="expected"/> (saved key to live tensor); every key must
     /// be present with its shape and no unknown key may remain.
     /// </summary>
-    public static void LoadInto(IReadOnlyDictionary<string, Tensor> expected, string folder)
+    public static void LoadInto(IReadOnlyDictionary<string, Tensor> expected, string folder, IReadOnlyDictionary<string, Tensor>? optional = null)
     {
+        optional ??= new Dictionary<string, Tensor>();
         var path = Path.Combine(folder, WeightsFile);
         if (!File.Exists(path)) throw new AdapterLoadException($"No {WeightsFile} in adapter folder '{folder}'.", path);
         using var file = OpenWeights(path);
         var missing = expected.Keys.Where(k => !file.Contains(k)).ToList();
-        var unexpected = file.Tensors.Select(t => t.Name).Where(n => !expected.ContainsKey(n)).ToList();
+        var unexpected = file.Tensors.Select(t => t.Name).Where(n => !expected.ContainsKey(n) && !optional.ContainsKey(n)).ToList();
         if (missing.Count > 0 || unexpected.Count > 0)
             throw new AdapterLoadException($"Adapter '{path}' does not fit the model: " +
                 (missing.Count > 0 ? $"missing {missing.Count} key(s) (first: {missing[0]})" : "") +
                 (missing.Count > 0 && unexpected.Count > 0 ? "; " : "") +
                 (unexpected.Count > 0 ? $"{unexpected.Count} unexpected key(s) (first: {unexpected[0]})" : "") + ".",
                 path, missing.Count > 0 ? missing[0] : unexpected[0]);
-        foreach (var (k, target) in expected)
+        var present = expected.Concat(optional.Where(kv => file.Contains(kv.Key))).ToList();
+        foreach (var (k, target) in present)
         {
             var shape = file.Info(k).Shape;
             if (!shape.SequenceEqual(target.shape))
                 throw new AdapterLoadException($"Adapter '{path}': '{k}' has shape [{string.Join(", ", shape)}], the model expects [{string.Join(", ", target.shape)}] (different r or base model?).", path, k);
         }
         using (no_grad())
-            foreach (var (k, target) in expected)
+            foreach (var (k, target) in present)
                 using (var t = file.Load(k, target.dtype, target.device)) target.copy_(t);
     }
 

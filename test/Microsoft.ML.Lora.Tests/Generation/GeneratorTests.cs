@@ -24,6 +24,12 @@ public class GeneratorTests
     [InlineData("llama", false)]
     [InlineData("qwen2", true)]
     [InlineData("qwen2", false)]
+    [InlineData("qwen3", true)]
+    [InlineData("qwen3", false)]
+    [InlineData("phi3", true)]
+    [InlineData("phi3", false)]
+    [InlineData("gemma2", true)]
+    [InlineData("gemma2", false)]
     public void Greedy_matches_transformers(string arch, bool useCache)
     {
         using var scope = NewDisposeScope();
@@ -39,6 +45,9 @@ public class GeneratorTests
     [InlineData("gpt2")]
     [InlineData("llama")]
     [InlineData("qwen2")]
+    [InlineData("qwen3")]
+    [InlineData("phi3")]
+    [InlineData("gemma2")]
     public void Left_padded_batch_matches_transformers(string arch)
     {
         using var scope = NewDisposeScope();

@@ -79,6 +79,9 @@ public class ArchitectureVariantTests
     [InlineData("gpt2")]
     [InlineData("llama")]
     [InlineData("qwen2")]
+    [InlineData("qwen3")]
+    [InlineData("phi3")]
+    [InlineData("gemma2")]
     public void Backward_through_padded_batch_gives_finite_gradients(string arch)
     {
         using var scope = NewDisposeScope();

@@ -29,6 +29,9 @@ public class ModelFixtureTests(ITestOutputHelper output)
     [InlineData("gpt2")]
     [InlineData("llama")]
     [InlineData("qwen2")]
+    [InlineData("qwen3")]
+    [InlineData("phi3")]
+    [InlineData("gemma2")]
     public void Logits_match_reference_with_positions_0_to_T(string arch)
     {
         using var scope = NewDisposeScope();
@@ -48,6 +51,9 @@ public class ModelFixtureTests(ITestOutputHelper output)
     [InlineData("gpt2")]
     [InlineData("llama")]
     [InlineData("qwen2")]
+    [InlineData("qwen3")]
+    [InlineData("phi3")]
+    [InlineData("gemma2")]
     public void Logits_match_reference_with_positions_from_mask(string arch)
     {
         using var scope = NewDisposeScope();
@@ -56,7 +62,7 @@ public class ModelFixtureTests(ITestOutputHelper output)
         var ids = Ref(arch, "logits_input_ids");
         var mask = Ref(arch, "logits_attention_mask");
         // BLOOM has no positions (ALiBi follows the mask), so its reference has only logits_base.
-        bool alibi = arch == "bloom";
+        bool alibi = model.Config.Architecture.Positions == PositionRule.Alibi;
         if (!alibi) Attention.PositionsFromMask(mask, ids.shape[1]).eq(Ref(arch, "position_ids_from_mask")).all().item<bool>().Should().BeTrue();
         var logits = model.Forward(ids, mask);
         double err = MaxAbsValid(logits, Ref(arch, alibi ? "logits_base" : "logits_base_posids_from_mask"), mask);
@@ -69,6 +75,9 @@ public class ModelFixtureTests(ITestOutputHelper output)
     [InlineData("gpt2")]
     [InlineData("llama")]
     [InlineData("qwen2")]
+    [InlineData("qwen3")]
+    [InlineData("phi3")]
+    [InlineData("gemma2")]
     public void Step_logits_with_cache_match_reference(string arch)
     {
         using var scope = NewDisposeScope();
@@ -96,6 +105,9 @@ public class ModelFixtureTests(ITestOutputHelper output)
     [InlineData("gpt2")]
     [InlineData("llama")]
     [InlineData("qwen2")]
+    [InlineData("qwen3")]
+    [InlineData("phi3")]
+    [InlineData("gemma2")]
     public void Parameter_names_and_count_match_transformers(string arch)
     {
         using var model = ModelLoader.Load(Fixtures.Model(arch));

@@ -26,6 +26,7 @@ public sealed class ModelLoaderTests : IDisposable
     {
         "gpt2" => "transformer.h.1.attn.c_attn.weight",
         "bloom" => "transformer.h.1.self_attention.query_key_value.weight",
+        "phi3" => "model.layers.1.self_attn.qkv_proj.weight",
         _ => "model.layers.1.self_attn.q_proj.weight",
     };
 
@@ -34,6 +35,9 @@ public sealed class ModelLoaderTests : IDisposable
     [InlineData("gpt2")]
     [InlineData("llama")]
     [InlineData("qwen2")]
+    [InlineData("qwen3")]
+    [InlineData("phi3")]
+    [InlineData("gemma2")]
     public void Missing_tensor_is_named(string arch)
     {
         using var scope = NewDisposeScope();
@@ -47,6 +51,9 @@ public sealed class ModelLoaderTests : IDisposable
     [InlineData("gpt2")]
     [InlineData("llama")]
     [InlineData("qwen2")]
+    [InlineData("qwen3")]
+    [InlineData("phi3")]
+    [InlineData("gemma2")]
     public void Unexpected_tensor_is_named(string arch)
     {
         using var scope = NewDisposeScope();
@@ -60,6 +67,9 @@ public sealed class ModelLoaderTests : IDisposable
     [InlineData("gpt2")]
     [InlineData("llama")]
     [InlineData("qwen2")]
+    [InlineData("qwen3")]
+    [InlineData("phi3")]
+    [InlineData("gemma2")]
     public void Shape_mismatch_is_named_with_both_shapes(string arch)
     {
         using var scope = NewDisposeScope();
@@ -126,6 +136,9 @@ public sealed class ModelLoaderTests : IDisposable
     [InlineData("gpt2")]
     [InlineData("llama")]
     [InlineData("qwen2")]
+    [InlineData("qwen3")]
+    [InlineData("phi3")]
+    [InlineData("gemma2")]
     public void Random_model_saves_and_loads_back(string arch)
     {
         using var scope = NewDisposeScope();

@@ -23,19 +23,30 @@ public class FixtureLoraTests(ITestOutputHelper output)
         return tensor(data, [rows.Count, data.Length / rows.Count]);
     }
 
-    private static LoraConfig PeftConfig => new() { R = 8, LoraAlpha = 16 };
+    internal static JsonNode Trainable(string arch) => JsonNode.Parse(File.ReadAllText(Path.Combine(Fixtures.Model(arch), "lora", "trainable.json")))!;
+
+    /// <summary>The fixture's LoRA recipe: r 8, alpha 16, PEFT's default targets, or "all-linear" where PEFT has none (phi3).</summary>
+    internal static LoraConfig PeftConfig(string arch) => new()
+    {
+        R = 8,
+        LoraAlpha = 16,
+        TargetModules = Trainable(arch)["target_modules_requested"]?.GetValue<string>() == LoraConfig.AllLinear ? [LoraConfig.AllLinear] : null,
+    };
 
     [Theory]
     [InlineData("bloom")]
     [InlineData("gpt2")]
     [InlineData("llama")]
     [InlineData("qwen2")]
+    [InlineData("qwen3")]
+    [InlineData("phi3")]
+    [InlineData("gemma2")]
     public void Trainable_report_and_adapter_keys_equal_peft(string arch)
     {
         using var scope = NewDisposeScope();
         var model = LoadModel(arch);
-        var lm = PeftModel.GetPeftModel(model, PeftConfig);
-        var t = JsonNode.Parse(File.ReadAllText(Path.Combine(Fixtures.Model(arch), "lora", "trainable.json")))!;
+        var lm = PeftModel.GetPeftModel(model, PeftConfig(arch));
+        var t = Trainable(arch);
         lm.TrainableReport().Should().Be(t["print_trainable_parameters"]!.GetValue<string>());
         var peft = t["adapter_state_dict_keys_as_saved"]!.AsObject().ToDictionary(kv => kv.Key, kv => string.Join(",", kv.Value!.AsArray().Select(x => x!.GetValue<long>())));
         lm.StateDict().ToDictionary(kv => kv.Key, kv => string.Join(",", kv.Value.shape)).Should().BeEquivalentTo(peft);
@@ -46,6 +57,12 @@ public class FixtureLoraTests(ITestOutputHelper output)
     [InlineData("gpt2", "labels_full")]
     [InlineData("llama", "labels_full")]
     [InlineData("qwen2", "labels_full")]
+    [InlineData("qwen3", "labels_full")]
+    [InlineData("phi3", "labels_full")]
+    [InlineData("gemma2", "labels_full")]
+    [InlineData("qwen3", "labels_prompt_masked")]
+    [InlineData("phi3", "labels_prompt_masked")]
+    [InlineData("gemma2", "labels_prompt_masked")]
     [InlineData("gpt2", "labels_prompt_masked")]
     [InlineData("llama", "labels_prompt_masked")]
     public void Trained_peft_adapter_reproduces_adapted_and_merged_logits(string arch, string variant)
@@ -159,6 +176,12 @@ public class FixtureLoraTests(ITestOutputHelper output)
     [InlineData("llama", "labels_prompt_masked")]
     [InlineData("qwen2", "labels_full")]
     [InlineData("qwen2", "labels_prompt_masked")]
+    [InlineData("qwen3", "labels_full")]
+    [InlineData("qwen3", "labels_prompt_masked")]
+    [InlineData("phi3", "labels_full")]
+    [InlineData("phi3", "labels_prompt_masked")]
+    [InlineData("gemma2", "labels_full")]
+    [InlineData("gemma2", "labels_prompt_masked")]
     public void Five_adamw_steps_from_adapter_init_reproduce_peft_losses_and_step0_grads(string arch, string variant)
     {
         using var scope = NewDisposeScope();
@@ -193,6 +216,9 @@ public class FixtureLoraTests(ITestOutputHelper output)
     [InlineData("gpt2")]
     [InlineData("llama")]
     [InlineData("qwen2")]
+    [InlineData("qwen3")]
+    [InlineData("phi3")]
+    [InlineData("gemma2")]
     public void Peft_adapter_loads_and_saves_back_with_identical_keys_and_tensors(string arch)
     {
         using var scope = NewDisposeScope();

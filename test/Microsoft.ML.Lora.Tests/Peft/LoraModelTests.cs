@@ -25,11 +25,14 @@ public class LoraModelTests
     }
 
     [Fact]
-    public void All_linear_excludes_lm_head_and_layers_to_transform_filters()
+    public void All_linear_excludes_lm_head_and_layers_to_transform_filters_suffix_names()
     {
         using var scope = NewDisposeScope();
-        var lm = PeftModel.GetPeftModel(new TinyLm(TinyLm.MakeConfig()), R8 with { TargetModules = [LoraConfig.AllLinear], LayersToTransform = [1] });
-        lm.Layers.Keys.Should().Equal("transformer.h.1.attn.c_attn", "transformer.h.1.attn.c_proj", "transformer.h.1.mlp.c_fc", "transformer.h.1.mlp.c_proj");
+        var lm = PeftModel.GetPeftModel(new TinyLm(TinyLm.MakeConfig()), R8 with { TargetModules = [LoraConfig.AllLinear] });
+        lm.Layers.Should().HaveCount(8).And.NotContainKey("lm_head");
+        // all-linear is a string in PEFT, which refuses layers_to_transform with it (TargetSelectionTests); names filter
+        PeftModel.GetPeftModel(new TinyLm(TinyLm.MakeConfig()), R8 with { TargetModules = ["c_attn", "c_proj", "c_fc"], LayersToTransform = [1] }).Layers.Keys
+            .Should().Equal("transformer.h.1.attn.c_attn", "transformer.h.1.attn.c_proj", "transformer.h.1.mlp.c_fc", "transformer.h.1.mlp.c_proj");
         // suffix "c_proj" matches both attention and MLP projections, as in PEFT
         PeftModel.GetPeftModel(new TinyLm(TinyLm.MakeConfig()), R8 with { TargetModules = ["c_proj"] }).Layers.Should().HaveCount(4);
     }
@@ -64,11 +67,14 @@ public class LoraModelTests
     [InlineData("gpt2")]
     [InlineData("llama")]
     [InlineData("qwen2")]
+    [InlineData("qwen3")]
+    [InlineData("phi3")]
+    [InlineData("gemma2")]
     public void Count_and_adapter_keys_from_config_equal_peft(string arch)
     {
         var cfg = ModelConfig.Load(Path.Combine(Fixtures.Model(arch), "config.json"));
         var t = JsonNode.Parse(File.ReadAllText(Path.Combine(Fixtures.Model(arch), "lora", "trainable.json")))!;
-        var lora = new LoraConfig { R = 8, LoraAlpha = 16 };
+        var lora = FixtureLoraTests.PeftConfig(arch);
         LoraParameterCount.Trainable(cfg, lora).Should().Be(t["trainable_params"]!.GetValue<long>());
         var linears = LoraParameterCount.AllLinears(cfg);
         var selected = LoraModel.SelectTargets(linears.Select(l => l.Path), lora, cfg.ModelType).ToHashSet();

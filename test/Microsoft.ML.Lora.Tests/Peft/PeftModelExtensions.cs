@@ -9,6 +9,8 @@ internal static class PeftModelExtensions
     {
         /// <summary>The LoRA layers by module path.</summary>
         public IReadOnlyDictionary<string, LoraLinear> Layers => ((LoraModel)peft.Tuner).Layers;
+        /// <summary>The LoRA embedding layers by module path.</summary>
+        public IReadOnlyDictionary<string, LoraEmbedding> Embeddings => ((LoraModel)peft.Tuner).Embeddings;
         /// <summary>The IA3 layers by module path.</summary>
         public IReadOnlyDictionary<string, IA3Linear> IA3Layers => ((IA3Model)peft.Tuner).Layers;
         /// <summary>The active adapter's LoRA config.</summary>

@@ -101,10 +101,7 @@ public class DoraTests(ITestOutputHelper output)
         var lm = PeftAdapterIO.Load(ModelLoader.Load(Fixtures.Model("llama")), f.Adapter);
         using var temp = new TempFolder();
         PeftAdapterIO.Save(lm, temp.Path);
-        using var ours = SafeTensorsFile.Open(Path.Combine(temp.Path, PeftAdapterIO.WeightsFile));
-        using var peft = SafeTensorsFile.Open(Path.Combine(f.Adapter, PeftAdapterIO.WeightsFile));
-        ours.Tensors.Select(t => t.Name).Should().BeEquivalentTo(peft.Tensors.Select(t => t.Name));
-        foreach (var t in peft.Tensors) ours.ReadBytes(t.Name).Should().Equal(peft.ReadBytes(t.Name), t.Name);
+        MethodFixture.ShouldHoldTheSameTensors(temp.Path, f.Adapter);
         var json = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(temp.Path, PeftAdapterIO.ConfigFile)))!;
         json["use_dora"]!.GetValue<bool>().Should().BeTrue();
         PeftAdapterIO.ReadConfig(temp.Path).Should().BeEquivalentTo(PeftAdapterIO.ReadConfig(f.Adapter));
