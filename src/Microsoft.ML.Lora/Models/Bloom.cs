@@ -77,10 +77,12 @@ internal sealed class BloomForCausalLm : CausalLm
 
     public override ModelConfig Config => _config;
 
+    public override Tensor Embed(Tensor inputIds) => transformer.word_embeddings.forward(inputIds);
+
     /// <summary>BLOOM has no position embeddings: <paramref name="positionIds"/> is ignored; ALiBi follows the mask.</summary>
-    /// <remarks>inputIds: (batch, seq) → logits (batch, seq, vocab) float32.</remarks>
-    public override Tensor Forward(Tensor inputIds, Tensor? attentionMask = null, Tensor? positionIds = null, KvCache? cache = null) =>
-        Logits(transformer.forward(inputIds, attentionMask, cache), transformer.word_embeddings.weight!);
+    /// <remarks>inputsEmbeds: (batch, seq, hidden) → logits (batch, seq, vocab) float32.</remarks>
+    public override Tensor ForwardEmbeds(Tensor inputsEmbeds, Tensor? attentionMask = null, Tensor? positionIds = null, KvCache? cache = null) =>
+        Logits(transformer.forward(inputsEmbeds, attentionMask, cache), transformer.word_embeddings.weight!);
 
     /// <summary>ALiBi slopes of transformers' build_alibi_tensor, also for head counts that are not powers of two.</summary>
     public static float[] AlibiSlopes(int heads)
@@ -125,12 +127,12 @@ internal sealed class BloomModel : nn.Module
         RegisterComponents();
     }
 
-    /// <summary>inputIds: (batch, seq) → hidden states (batch, seq, hidden) float32.</summary>
-    public Tensor forward(Tensor inputIds, Tensor? attentionMask, KvCache? cache)
+    /// <summary>inputsEmbeds: (batch, seq, hidden), layer-normed here as transformers does → hidden states (batch, seq, hidden) float32.</summary>
+    public Tensor forward(Tensor inputsEmbeds, Tensor? attentionMask, KvCache? cache)
     {
-        long time = inputIds.shape[1], past = cache?.Length ?? 0;
-        var mask = Attention.FullMask(inputIds, attentionMask, past);                                   // (batch, past + seq)
-        var x = word_embeddings_layernorm.forward(word_embeddings.forward(inputIds));                    // (batch, seq, hidden)
+        long time = inputsEmbeds.shape[1], past = cache?.Length ?? 0;
+        var mask = Attention.FullMask(inputsEmbeds, attentionMask, past);                               // (batch, past + seq)
+        var x = word_embeddings_layernorm.forward(inputsEmbeds);                                         // (batch, seq, hidden)
         var bias = BloomForCausalLm.BuildAlibi(mask, _heads) + Attention.CausalMask(mask, time, x.dtype); // (batch, heads, seq, past + seq)
         for (int i = 0; i < h.Count; i++) x = h[i].forward(x, bias, cache, i);
         return ln_f.forward(x);

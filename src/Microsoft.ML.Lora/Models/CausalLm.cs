@@ -24,7 +24,21 @@ internal abstract class CausalLm : nn.Module
     /// mask as transformers' generate() derives them: clamp(cumsum(mask) - 1, 0). With a <paramref name="cache"/>,
     /// keys and values of earlier calls are reused and this call's are appended.
     /// </summary>
-    public abstract Tensor Forward(Tensor inputIds, Tensor? attentionMask = null, Tensor? positionIds = null, Generation.KvCache? cache = null);
+    public virtual Tensor Forward(Tensor inputIds, Tensor? attentionMask = null, Tensor? positionIds = null, Generation.KvCache? cache = null) =>
+        ForwardEmbeds(Embed(inputIds), attentionMask, positionIds, cache);
+
+    /// <summary>
+    /// The input embedding layer's output for <paramref name="inputIds"/> (transformers' get_input_embeddings()(ids)):
+    /// (batch, seq) → (batch, seq, hidden). Prompt-learning methods put their virtual tokens in front of it.
+    /// </summary>
+    public abstract Tensor Embed(Tensor inputIds);
+
+    /// <summary>
+    /// <see cref="Forward"/> from input embeddings (transformers' <c>inputs_embeds</c>): (batch, seq, hidden) → logits
+    /// (batch, seq, vocab). What the model does after its embedding lookup (BLOOM's embedding layer norm, GPT-2's
+    /// position embeddings) applies to every row of <paramref name="inputsEmbeds"/>.
+    /// </summary>
+    public abstract Tensor ForwardEmbeds(Tensor inputsEmbeds, Tensor? attentionMask = null, Tensor? positionIds = null, Generation.KvCache? cache = null);
 
     /// <summary>
     /// False (default): the matrix multiplications run in the weights' dtype, as in transformers. True: those of a

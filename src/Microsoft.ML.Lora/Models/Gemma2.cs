@@ -64,10 +64,12 @@ internal sealed class Gemma2ForCausalLm : CausalLm
 
     public override ModelConfig Config => _config;
 
-    /// <summary>inputIds: (batch, seq) → logits (batch, seq, vocab) float32, soft-capped: cap · tanh(logits / cap).</summary>
-    public override Tensor Forward(Tensor inputIds, Tensor? attentionMask = null, Tensor? positionIds = null, KvCache? cache = null)
+    public override Tensor Embed(Tensor inputIds) => model.embed_tokens.forward(inputIds);
+
+    /// <summary>inputsEmbeds: (batch, seq, hidden) → logits (batch, seq, vocab) float32, soft-capped: cap · tanh(logits / cap).</summary>
+    public override Tensor ForwardEmbeds(Tensor inputsEmbeds, Tensor? attentionMask = null, Tensor? positionIds = null, KvCache? cache = null)
     {
-        var h = model.forward(inputIds, attentionMask, positionIds, cache); // (batch, seq, hidden)
+        var h = model.forward(inputsEmbeds, attentionMask, positionIds, cache); // (batch, seq, hidden)
         var logits = lm_head is null ? Logits(h, model.embed_tokens.weight!) : lm_head.forward(h).As(Precision.Compute);
         return _finalSoftcap is double cap ? (logits / cap).tanh() * cap : logits;
     }
@@ -93,10 +95,11 @@ internal sealed class Gemma2Model : nn.Module
     }
 
     /// <summary>inputIds: (batch, seq) → hidden states (batch, seq, hidden) float32.</summary>
-    public Tensor forward(Tensor inputIds, Tensor? attentionMask, Tensor? positionIds, KvCache? cache)
+    /// <summary>inputsEmbeds: (batch, seq, hidden), scaled by √hidden here as transformers does (virtual tokens too) → hidden states.</summary>
+    public Tensor forward(Tensor inputsEmbeds, Tensor? attentionMask, Tensor? positionIds, KvCache? cache)
     {
-        var (masks, cos, sin) = _rotary.Prepare(inputIds, attentionMask, positionIds, cache?.Length ?? 0);
-        var embedded = embed_tokens.forward(inputIds); // (batch, seq, hidden)
+        var (masks, cos, sin) = _rotary.Prepare(inputsEmbeds, attentionMask, positionIds, cache?.Length ?? 0);
+        var embedded = inputsEmbeds; // (batch, seq, hidden)
         // transformers multiplies by √hidden as a tensor of the embedding's dtype (rounded in bfloat16).
         using var normalizer = tensor(Math.Sqrt(_hidden), dtype: embedded.dtype).As(Precision.Compute);
         var x = embedded.As(Precision.Compute) * normalizer;

@@ -79,10 +79,12 @@ internal sealed class Gpt2ForCausalLm : CausalLm
 
     public override ModelConfig Config => _config;
 
-    /// <summary>inputIds: (batch, seq) → logits (batch, seq, vocab) float32.</summary>
-    public override Tensor Forward(Tensor inputIds, Tensor? attentionMask = null, Tensor? positionIds = null, KvCache? cache = null)
+    public override Tensor Embed(Tensor inputIds) => transformer.wte.forward(inputIds);
+
+    /// <summary>inputsEmbeds: (batch, seq, hidden) → logits (batch, seq, vocab) float32.</summary>
+    public override Tensor ForwardEmbeds(Tensor inputsEmbeds, Tensor? attentionMask = null, Tensor? positionIds = null, KvCache? cache = null)
     {
-        var h = transformer.forward(inputIds, attentionMask, positionIds, cache); // (batch, seq, hidden)
+        var h = transformer.forward(inputsEmbeds, attentionMask, positionIds, cache); // (batch, seq, hidden)
         return Logits(h, transformer.wte.weight!);
     }
 }
@@ -104,13 +106,13 @@ internal sealed class Gpt2Model : nn.Module
         RegisterComponents();
     }
 
-    /// <summary>inputIds: (batch, seq) → hidden states (batch, seq, hidden) float32.</summary>
-    public Tensor forward(Tensor inputIds, Tensor? attentionMask, Tensor? positionIds, KvCache? cache)
+    /// <summary>inputsEmbeds: (batch, seq, hidden) plus the position embeddings → hidden states (batch, seq, hidden) float32.</summary>
+    public Tensor forward(Tensor inputsEmbeds, Tensor? attentionMask, Tensor? positionIds, KvCache? cache)
     {
-        long time = inputIds.shape[1], past = cache?.Length ?? 0;
-        var mask = Attention.FullMask(inputIds, attentionMask, past);                    // (batch, past + seq)
+        long time = inputsEmbeds.shape[1], past = cache?.Length ?? 0;
+        var mask = Attention.FullMask(inputsEmbeds, attentionMask, past);                // (batch, past + seq)
         positionIds ??= Attention.PositionsFromMask(mask, time);                         // (batch, seq)
-        var x = wte.forward(inputIds).As(Precision.Compute) + wpe.forward(positionIds);  // (batch, seq, hidden)
+        var x = inputsEmbeds.As(Precision.Compute) + wpe.forward(positionIds);           // (batch, seq, hidden)
         var bias = Attention.CausalMask(mask, time, x.dtype);                            // (batch, 1, seq, past + seq)
         for (int i = 0; i < h.Count; i++) x = h[i].forward(x, bias, cache, i);
         return ln_f.forward(x);
