@@ -1,3 +1,4 @@
+using Microsoft.ML.Lora.Models.Layers;
 using System.Diagnostics;
 using System.Text.Json.Nodes;
 using Microsoft.ML.Lora.Generation;
@@ -57,7 +58,7 @@ internal sealed class GenerationBenchmark : IBenchmark
                 sw0.Restart();
                 for (int i = 0; i < 10; i++) { using var s0 = NewDisposeScope(); model.Forward(one); }
                 Console.WriteLine($"  forward T=1 no cache: {sw0.Elapsed.TotalMilliseconds / 10:F1} ms");
-                var w = ((Gpt2ForCausalLm)model).transformer.wte.weight!;
+                var w = EmbeddingWeight.Of(((Gpt2ForCausalLm)model).transformer.wte);
                 using var hdn = randn(1, 1, width);
                 sw0.Restart();
                 for (int i = 0; i < 10; i++) { using var s0 = NewDisposeScope(); nn.functional.linear(hdn, w); }

@@ -82,7 +82,7 @@ internal sealed class BloomForCausalLm : CausalLm
     /// <summary>BLOOM has no position embeddings: <paramref name="positionIds"/> is ignored; ALiBi follows the mask.</summary>
     /// <remarks>inputsEmbeds: (batch, seq, hidden) → logits (batch, seq, vocab) float32.</remarks>
     public override Tensor ForwardEmbeds(Tensor inputsEmbeds, Tensor? attentionMask = null, Tensor? positionIds = null, KvCache? cache = null) =>
-        Logits(transformer.forward(inputsEmbeds, attentionMask, cache), transformer.word_embeddings.weight!);
+        Logits(transformer.forward(inputsEmbeds, attentionMask, cache), EmbeddingWeight.Of(transformer.word_embeddings));
 
     /// <summary>ALiBi slopes of transformers' build_alibi_tensor, also for head counts that are not powers of two.</summary>
     public static float[] AlibiSlopes(int heads)
@@ -111,7 +111,7 @@ internal sealed class BloomForCausalLm : CausalLm
 /// <summary>BLOOM's body: word_embeddings, word_embeddings_layernorm, h, ln_f.</summary>
 internal sealed class BloomModel : nn.Module
 {
-    internal Embedding word_embeddings;
+    internal nn.Module<Tensor, Tensor> word_embeddings; // an Embedding, or a LoRA wrapper of it
     internal LayerNorm word_embeddings_layernorm;
     internal ModuleList<BloomBlock> h;
     internal LayerNorm ln_f;

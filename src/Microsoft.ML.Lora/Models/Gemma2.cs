@@ -70,7 +70,7 @@ internal sealed class Gemma2ForCausalLm : CausalLm
     public override Tensor ForwardEmbeds(Tensor inputsEmbeds, Tensor? attentionMask = null, Tensor? positionIds = null, KvCache? cache = null)
     {
         var h = model.forward(inputsEmbeds, attentionMask, positionIds, cache); // (batch, seq, hidden)
-        var logits = lm_head is null ? Logits(h, model.embed_tokens.weight!) : lm_head.forward(h).As(Precision.Compute);
+        var logits = lm_head is null ? Logits(h, EmbeddingWeight.Of(model.embed_tokens)) : lm_head.forward(h).As(Precision.Compute);
         return _finalSoftcap is double cap ? (logits / cap).tanh() * cap : logits;
     }
 }

@@ -85,14 +85,14 @@ internal sealed class Gpt2ForCausalLm : CausalLm
     public override Tensor ForwardEmbeds(Tensor inputsEmbeds, Tensor? attentionMask = null, Tensor? positionIds = null, KvCache? cache = null)
     {
         var h = transformer.forward(inputsEmbeds, attentionMask, positionIds, cache); // (batch, seq, hidden)
-        return Logits(h, transformer.wte.weight!);
+        return Logits(h, EmbeddingWeight.Of(transformer.wte));
     }
 }
 
 /// <summary>GPT-2's body: wte, wpe, h, ln_f.</summary>
 internal sealed class Gpt2Model : nn.Module
 {
-    internal Embedding wte;
+    internal nn.Module<Tensor, Tensor> wte; // an Embedding, or a LoRA wrapper of it
     internal Embedding wpe;
     internal ModuleList<Gpt2Block> h;
     internal LayerNorm ln_f;

@@ -128,14 +128,14 @@ internal sealed class LlamaForCausalLm : CausalLm
     public override Tensor ForwardEmbeds(Tensor inputsEmbeds, Tensor? attentionMask = null, Tensor? positionIds = null, KvCache? cache = null)
     {
         var h = model.forward(inputsEmbeds, attentionMask, positionIds, cache); // (batch, seq, hidden)
-        return lm_head is null ? Logits(h, model.embed_tokens.weight!) : lm_head.forward(h).As(Precision.Compute);
+        return lm_head is null ? Logits(h, EmbeddingWeight.Of(model.embed_tokens)) : lm_head.forward(h).As(Precision.Compute);
     }
 }
 
 /// <summary>embed_tokens, layers, norm, and the rotary frequencies.</summary>
 internal sealed class LlamaModel : nn.Module
 {
-    internal Embedding embed_tokens;
+    internal nn.Module<Tensor, Tensor> embed_tokens; // an Embedding, or a LoRA wrapper of it
     internal ModuleList<LlamaDecoderLayer> layers;
     internal RmsNorm norm;
     private readonly RotaryFrequencies _rotary;

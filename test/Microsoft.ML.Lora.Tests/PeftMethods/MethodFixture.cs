@@ -1,5 +1,6 @@
 using System.Text.Json.Nodes;
 using Microsoft.ML.Lora.Checkpoints;
+using Microsoft.ML.Lora.Peft;
 using Microsoft.ML.Lora.Training;
 using static TorchSharp.torch;
 
@@ -74,6 +75,15 @@ internal sealed class MethodFixture(string method, string arch) : IDisposable
             optimizer.zero_grad();
         }
         return losses;
+    }
+
+    /// <summary>The adapter file of <paramref name="ours"/> holds the keys of <paramref name="peft"/>'s, with byte-identical tensors.</summary>
+    public static void ShouldHoldTheSameTensors(string ours, string peft)
+    {
+        using var a = SafeTensorsFile.Open(Path.Combine(ours, PeftAdapterIO.WeightsFile));
+        using var b = SafeTensorsFile.Open(Path.Combine(peft, PeftAdapterIO.WeightsFile));
+        a.Tensors.Select(t => t.Name).Should().BeEquivalentTo(b.Tensors.Select(t => t.Name));
+        foreach (var t in b.Tensors) a.ReadBytes(t.Name).Should().Equal(b.ReadBytes(t.Name), t.Name);
     }
 
     public void Dispose() => Reference.Dispose();

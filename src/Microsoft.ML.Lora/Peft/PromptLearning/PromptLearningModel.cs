@@ -125,13 +125,13 @@ internal sealed class PromptLearningModel : CausalLm
     }
 
     /// <summary>The encoder's parameters by PEFT's in-memory name (<c>prompt_encoder.default.embedding.weight</c>) when trainable.</summary>
-    public List<(string Name, Parameter P)> TrainableParameters() => LoraModel.DistinctParameters(this).Where(p => p.P.requires_grad).ToList();
+    public List<(string Name, Parameter P)> TrainableParameters() => PeftModel.DistinctParameters(this).Where(p => p.P.requires_grad).ToList();
 
     /// <summary>PEFT's print_trainable_parameters line.</summary>
     public string TrainableReport()
     {
-        var ps = LoraModel.DistinctParameters(this);
-        return LoraModel.FormatReport(ps.Where(p => p.P.requires_grad).Sum(p => p.P.numel()), ps.Sum(p => p.P.numel()));
+        var ps = PeftModel.DistinctParameters(this);
+        return PeftModel.FormatReport(ps.Where(p => p.P.requires_grad).Sum(p => p.P.numel()), ps.Sum(p => p.P.numel()));
     }
 
     /// <summary>Labels for the logits of <see cref="CausalLm.Forward"/>: n × -100 in front for prompt tuning and P-tuning, unchanged for prefix tuning.</summary>
