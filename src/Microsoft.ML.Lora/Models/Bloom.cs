@@ -3,6 +3,7 @@ using TorchSharp;
 using TorchSharp.Modules;
 using LayerNorm = Microsoft.ML.Lora.Models.Layers.LayerNorm;
 using static TorchSharp.torch;
+using Embedding = Microsoft.ML.Lora.Models.Layers.Embedding;
 using Microsoft.ML.Lora.Models.Layers;
 using Linear = Microsoft.ML.Lora.Models.Layers.Linear;
 
@@ -118,7 +119,7 @@ internal sealed class BloomModel : nn.Module
     public BloomModel(ModelConfig c) : base("BloomModel")
     {
         _heads = c.NumHeads;
-        word_embeddings = nn.Embedding(c.VocabSize, c.HiddenSize);
+        word_embeddings = new Embedding(c.VocabSize, c.HiddenSize);
         word_embeddings_layernorm = new LayerNorm(c.HiddenSize, c.NormEpsilon);
         h = new ModuleList<BloomBlock>([.. Enumerable.Range(0, c.NumLayers).Select(_ => new BloomBlock(c))]);
         ln_f = new LayerNorm(c.HiddenSize, c.NormEpsilon);

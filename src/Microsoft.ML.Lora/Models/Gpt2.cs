@@ -4,6 +4,7 @@ using TorchSharp;
 using TorchSharp.Modules;
 using LayerNorm = Microsoft.ML.Lora.Models.Layers.LayerNorm;
 using static TorchSharp.torch;
+using Embedding = Microsoft.ML.Lora.Models.Layers.Embedding;
 
 namespace Microsoft.ML.Lora.Models;
 
@@ -97,8 +98,8 @@ internal sealed class Gpt2Model : nn.Module
 
     public Gpt2Model(ModelConfig c) : base("GPT2Model")
     {
-        wte = nn.Embedding(c.VocabSize, c.HiddenSize);
-        wpe = nn.Embedding(c.MaxPositionEmbeddings, c.HiddenSize);
+        wte = new Embedding(c.VocabSize, c.HiddenSize);
+        wpe = new Embedding(c.MaxPositionEmbeddings, c.HiddenSize);
         h = new ModuleList<Gpt2Block>([.. Enumerable.Range(0, c.NumLayers).Select(_ => new Gpt2Block(c))]);
         ln_f = new LayerNorm(c.HiddenSize, c.NormEpsilon);
         RegisterComponents();

@@ -3,6 +3,7 @@ using Microsoft.ML.Lora.Generation;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
+using Embedding = Microsoft.ML.Lora.Models.Layers.Embedding;
 using Microsoft.ML.Lora.Models.Layers;
 using Linear = Microsoft.ML.Lora.Models.Layers.Linear;
 
@@ -140,7 +141,7 @@ internal sealed class LlamaModel : nn.Module
 
     public LlamaModel(ModelConfig c, LlamaParts parts) : base("LlamaModel")
     {
-        embed_tokens = nn.Embedding(c.VocabSize, c.HiddenSize);
+        embed_tokens = new Embedding(c.VocabSize, c.HiddenSize);
         layers = new ModuleList<LlamaDecoderLayer>([.. Enumerable.Range(0, c.NumLayers).Select(_ => new LlamaDecoderLayer(c, parts))]);
         norm = new RmsNorm(c.HiddenSize, c.NormEpsilon);
         _rotary = new RotaryFrequencies(c);
