@@ -80,7 +80,7 @@ internal sealed class BloomForCausalLm : CausalLm
 
     /// <summary>BLOOM has no position embeddings: <paramref name="positionIds"/> is ignored; ALiBi follows the mask.</summary>
     /// <remarks>inputIds: (batch, seq) → logits (batch, seq, vocab) float32.</remarks>
-    public override Tensor Forward(Tensor inputIds, Tensor? attentionMask = null, Tensor? positionIds = null, KvCache? cache = null) =>
+    protected override Tensor ForwardCore(Tensor inputIds, Tensor? attentionMask = null, Tensor? positionIds = null, KvCache? cache = null) =>
         Logits(transformer.forward(inputIds, attentionMask, cache), EmbeddingWeight.Of(transformer.word_embeddings));
 
     /// <summary>ALiBi slopes of transformers' build_alibi_tensor, also for head counts that are not powers of two.</summary>

@@ -22,9 +22,37 @@ internal abstract class CausalLm : nn.Module
     /// Logits [batch, time, vocab] for <paramref name="inputIds"/> [batch, time]. <paramref name="attentionMask"/>
     /// [batch, past + time] (1 = token, 0 = padding) may be null (all ones). Position ids, when null, come from the
     /// mask as transformers' generate() derives them: clamp(cumsum(mask) - 1, 0). With a <paramref name="cache"/>,
-    /// keys and values of earlier calls are reused and this call's are appended.
+    /// keys and values of earlier calls are reused and this call's are appended. Every input must be on
+    /// <see cref="Device"/> (an <see cref="InvalidOperationException"/> names the one that is not).
     /// </summary>
-    public abstract Tensor Forward(Tensor inputIds, Tensor? attentionMask = null, Tensor? positionIds = null, Generation.KvCache? cache = null);
+    public Tensor Forward(Tensor inputIds, Tensor? attentionMask = null, Tensor? positionIds = null, Generation.KvCache? cache = null)
+    {
+        var device = Device;
+        CheckDevice("input_ids", inputIds, device);
+        if (attentionMask is not null) CheckDevice("attention_mask", attentionMask, device);
+        if (positionIds is not null) CheckDevice("position_ids", positionIds, device);
+        return ForwardCore(inputIds, attentionMask, positionIds, cache);
+    }
+
+    /// <summary>The architecture's forward pass behind <see cref="Forward"/>, with every input on <see cref="Device"/>.</summary>
+    protected abstract Tensor ForwardCore(Tensor inputIds, Tensor? attentionMask, Tensor? positionIds, Generation.KvCache? cache);
+
+    /// <summary>The device of the model's parameters, where its inputs, labels and KV cache belong.</summary>
+    public Device Device
+    {
+        get
+        {
+            foreach (var p in parameters()) return p.device;
+            return CPU;
+        }
+    }
+
+    private static void CheckDevice(string name, Tensor input, Device device)
+    {
+        if (input.device_type != device.type || input.device_index != device.index)
+            throw new InvalidOperationException(
+                $"{name} is on {input.device} but the model is on {device}: move the inputs to the model's device (model.Device) before calling Forward.");
+    }
 
     /// <summary>
     /// False (default): the matrix multiplications run in the weights' dtype, as in transformers. True: those of a

@@ -81,7 +81,7 @@ internal sealed class Gpt2ForCausalLm : CausalLm
     public override ModelConfig Config => _config;
 
     /// <summary>inputIds: (batch, seq) → logits (batch, seq, vocab) float32.</summary>
-    public override Tensor Forward(Tensor inputIds, Tensor? attentionMask = null, Tensor? positionIds = null, KvCache? cache = null)
+    protected override Tensor ForwardCore(Tensor inputIds, Tensor? attentionMask = null, Tensor? positionIds = null, KvCache? cache = null)
     {
         var h = transformer.forward(inputIds, attentionMask, positionIds, cache); // (batch, seq, hidden)
         return Logits(h, EmbeddingWeight.Of(transformer.wte));

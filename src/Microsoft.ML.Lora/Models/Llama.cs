@@ -124,7 +124,7 @@ internal sealed class LlamaForCausalLm : CausalLm
     public override ModelConfig Config => _config;
 
     /// <summary>inputIds: (batch, seq) → logits (batch, seq, vocab) float32.</summary>
-    public override Tensor Forward(Tensor inputIds, Tensor? attentionMask = null, Tensor? positionIds = null, KvCache? cache = null)
+    protected override Tensor ForwardCore(Tensor inputIds, Tensor? attentionMask = null, Tensor? positionIds = null, KvCache? cache = null)
     {
         var h = model.forward(inputIds, attentionMask, positionIds, cache); // (batch, seq, hidden)
         return lm_head is null ? Logits(h, EmbeddingWeight.Of(model.embed_tokens)) : lm_head.forward(h).As(Precision.Compute);

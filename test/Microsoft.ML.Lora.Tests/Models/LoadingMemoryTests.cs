@@ -65,7 +65,7 @@ public sealed class LoadingMemoryTests : IDisposable
     public void Peak_memory_of_a_load_is_the_weights_once(ScalarType stored, ScalarType target)
     {
         if (!Measurable) return;
-        var config = Wide(vocab: 50_000, hidden: 1024, layers: 4); // 101M parameters
+        var config = Wide(vocab: 32_000, hidden: 1024, layers: 3); // 71M parameters
         using (var random = ModelFactory.CreateRandom(config, seed: 1, dtype: stored)) ModelFactory.Save(random, _temp.Path);
         long parameters = 0;
         using (var file = SafeTensorsFile.Open(_temp.File(CheckpointFolder.SingleFile)))

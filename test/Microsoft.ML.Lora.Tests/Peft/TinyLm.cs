@@ -34,7 +34,7 @@ internal sealed class TinyLm : CausalLm
 
     public override ModelConfig Config => _config;
 
-    public override Tensor Forward(Tensor inputIds, Tensor? attentionMask = null, Tensor? positionIds = null, Microsoft.ML.Lora.Generation.KvCache? cache = null)
+    protected override Tensor ForwardCore(Tensor inputIds, Tensor? attentionMask = null, Tensor? positionIds = null, Microsoft.ML.Lora.Generation.KvCache? cache = null)
     {
         using var scope = NewDisposeScope();
         var x = transformer.forward(inputIds);

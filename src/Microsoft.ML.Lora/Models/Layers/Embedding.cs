@@ -23,6 +23,5 @@ internal sealed class Embedding : nn.Module<Tensor, Tensor>
     }
 
     /// <summary>[..., embedding_dim] rows for ids of any shape.</summary>
-    public override Tensor forward(Tensor ids) =>
-        weight.index_select(0, ids.reshape(-1)).view([.. ids.shape, weight.shape[1]]);
+    public override Tensor forward(Tensor ids) => weight[TensorIndex.Tensor(ids)];
 }
