@@ -139,7 +139,7 @@ internal sealed class BloomModel : nn.Module
 }
 
 /// <summary>x + attn(input_layernorm(x)), then x + mlp(post_attention_layernorm(x)).</summary>
-internal sealed class BloomBlock : nn.Module
+internal sealed class BloomBlock : GradientCheckpointingLayer
 {
     internal LayerNorm input_layernorm;
     internal BloomAttention self_attention;
@@ -158,13 +158,13 @@ internal sealed class BloomBlock : nn.Module
     }
 
     /// <summary>x: (batch, seq, hidden) → (batch, seq, hidden).</summary>
-    public Tensor forward(Tensor x, Tensor bias, KvCache? cache, int layer)
+    public Tensor forward(Tensor x, Tensor bias, KvCache? cache, int layer) => Checkpointed(x, cache, x =>
     {
         var normed = input_layernorm.forward(x);
         var attended = self_attention.forward(normed, bias, cache, layer) + (_residualPostNorm ? normed : x);
         normed = post_attention_layernorm.forward(attended);
         return mlp.forward(normed) + (_residualPostNorm ? normed : attended);
-    }
+    });
 }
 
 /// <summary>query_key_value laid out per head ([B, T, H, 3, D]) and dense.</summary>

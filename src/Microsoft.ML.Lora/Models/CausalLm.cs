@@ -37,6 +37,34 @@ internal abstract class CausalLm : nn.Module
     /// <summary>The architecture's forward pass behind <see cref="Forward"/>, with every input on <see cref="Device"/>.</summary>
     protected abstract Tensor ForwardCore(Tensor inputIds, Tensor? attentionMask, Tensor? positionIds, Generation.KvCache? cache);
 
+    /// <summary>
+    /// transformers' gradient_checkpointing_enable: in training, each decoder layer keeps only its input for backward
+    /// and runs again there (with the same dropout masks), so activations take one layer's worth of memory instead of
+    /// all layers'. Losses and gradients are those without it; a step costs about one more forward pass.
+    /// </summary>
+    public void GradientCheckpointingEnable() => SetGradientCheckpointing(true);
+
+    /// <summary>Turns <see cref="GradientCheckpointingEnable"/> off.</summary>
+    public void GradientCheckpointingDisable() => SetGradientCheckpointing(false);
+
+    /// <summary>Whether gradient checkpointing is on (transformers' is_gradient_checkpointing).</summary>
+    public bool IsGradientCheckpointing => modules().OfType<GradientCheckpointingLayer>().Any(l => l.GradientCheckpointing);
+
+    private void SetGradientCheckpointing(bool on)
+    {
+        foreach (var layer in modules().OfType<GradientCheckpointingLayer>()) layer.GradientCheckpointing = on;
+    }
+
+    /// <summary>
+    /// transformers' enable_input_require_grads: the input embeddings' output requires grad in training, so that a
+    /// reentrant checkpoint over frozen layers still reaches the adapters (this library's checkpoint does not need it;
+    /// <see cref="Peft.KbitTraining.PrepareModelForKbitTraining"/> sets it as PEFT does).
+    /// </summary>
+    public void EnableInputRequireGrads()
+    {
+        foreach (var embedding in modules().OfType<Embedding>()) embedding.OutputRequiresGrad = true;
+    }
+
     /// <summary>The device of the model's parameters, where its inputs, labels and KV cache belong.</summary>
     public Device Device
     {

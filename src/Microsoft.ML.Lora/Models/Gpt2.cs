@@ -119,7 +119,7 @@ internal sealed class Gpt2Model : nn.Module
 }
 
 /// <summary>x + attn(ln_1(x)), then x + mlp(ln_2(x)).</summary>
-internal sealed class Gpt2Block : nn.Module
+internal sealed class Gpt2Block : GradientCheckpointingLayer
 {
     internal LayerNorm ln_1;
     internal Gpt2Attention attn;
@@ -136,11 +136,11 @@ internal sealed class Gpt2Block : nn.Module
     }
 
     /// <summary>x: (batch, seq, hidden) → (batch, seq, hidden).</summary>
-    public Tensor forward(Tensor x, Tensor mask, KvCache? cache, int layer)
+    public Tensor forward(Tensor x, Tensor mask, KvCache? cache, int layer) => Checkpointed(x, cache, x =>
     {
         x = x + attn.forward(ln_1.forward(x), mask, cache, layer);
         return x + mlp.forward(ln_2.forward(x));
-    }
+    });
 }
 
 /// <summary>Fused c_attn (q, k, v concatenated along the output) and c_proj.</summary>

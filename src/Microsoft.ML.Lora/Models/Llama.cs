@@ -159,7 +159,7 @@ internal sealed class LlamaModel : nn.Module
 }
 
 /// <summary>x + self_attn(input_layernorm(x)), then x + mlp(post_attention_layernorm(x)).</summary>
-internal sealed class LlamaDecoderLayer : nn.Module
+internal sealed class LlamaDecoderLayer : GradientCheckpointingLayer
 {
     internal RmsNorm input_layernorm;
     internal RotaryAttention self_attn;
@@ -176,11 +176,11 @@ internal sealed class LlamaDecoderLayer : nn.Module
     }
 
     /// <summary>x: (batch, seq, hidden) → (batch, seq, hidden).</summary>
-    public Tensor forward(Tensor x, Tensor bias, Tensor cos, Tensor sin, KvCache? cache, int layer)
+    public Tensor forward(Tensor x, Tensor bias, Tensor cos, Tensor sin, KvCache? cache, int layer) => Checkpointed(x, cache, x =>
     {
         x = x + self_attn.forward(input_layernorm.forward(x), bias, cos, sin, cache, layer);
         return x + mlp.forward(post_attention_layernorm.forward(x));
-    }
+    });
 }
 
 /// <summary>q_proj, k_proj, v_proj (kv heads may be fewer: GQA), o_proj.</summary>

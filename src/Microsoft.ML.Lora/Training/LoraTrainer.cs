@@ -33,6 +33,7 @@ internal sealed class LoraTrainer : IDisposable
         _model = model;
         _o = options;
         _params = model.TrainableParameters().Select(p => p.P).ToList();
+        if (options.GradientCheckpointing) model.Model.GradientCheckpointingEnable();
         if (_params.Count == 0) throw new InvalidOperationException("The model has no trainable parameters.");
         if (model.Model.parameters().Any(p => p.dtype == ScalarType.Float16)) Scaler = new LossScaler(options.InitialLossScale);
         var decay = DecayParameters(model.Model);

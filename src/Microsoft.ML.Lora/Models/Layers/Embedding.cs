@@ -22,6 +22,13 @@ internal sealed class Embedding : nn.Module<Tensor, Tensor>
         RegisterComponents();
     }
 
+    /// <summary>Make the output require grad under autograd even over a frozen weight (<see cref="CausalLm.EnableInputRequireGrads"/>).</summary>
+    public bool OutputRequiresGrad { get; set; }
+
     /// <summary>[..., embedding_dim] rows for ids of any shape.</summary>
-    public override Tensor forward(Tensor ids) => weight[TensorIndex.Tensor(ids)];
+    public override Tensor forward(Tensor ids)
+    {
+        var rows = weight[TensorIndex.Tensor(ids)];
+        return OutputRequiresGrad && is_grad_enabled() && !rows.requires_grad ? rows.requires_grad_(true) : rows;
+    }
 }
