@@ -83,38 +83,40 @@ internal static class GradientCheckpoint
         }
     }
 
-    /// <summary>The state of the generator dropout draws from, taken before a checkpointed forward.</summary>
+    /// <summary>The state of the generator dropout draws from (<see cref="Training.Rng"/>), taken before a checkpointed forward.</summary>
     private sealed class DropoutState : IDisposable
     {
-        private readonly torch.Generator _generator;
-        private readonly Tensor _state;
+        private readonly torch.Generator? _generator;
+        private readonly Tensor? _state;
 
-        private DropoutState(torch.Generator generator) => (_generator, _state) = (generator, generator.get_state());
+        private DropoutState(torch.Generator? generator) => (_generator, _state) = (generator, generator?.get_state());
 
-        /// <summary>LoRA's dropout draws from libtorch's default CPU generator.</summary>
-        public static DropoutState Capture() => new(torch.Generator.Default);
+        /// <summary>The generator the training step installed (none: dropout would draw fresh masks, nothing to replay).</summary>
+        public static DropoutState Capture() => new(Training.Rng.Current);
 
-        /// <summary>Sets the generator back to the captured state; disposing the result restores where it was, as torch's fork_rng.</summary>
+        /// <summary>
+        /// Installs the captured generator (backward may run on another thread) at the captured state; disposing the
+        /// result restores where it was, as torch's fork_rng.
+        /// </summary>
         public IDisposable Replay()
         {
+            if (_generator is null) return new Restore(null, null, default);
             var now = _generator.get_state();
-            _generator.set_state(_state);
-            return new Restore(_generator, now);
+            _generator.set_state(_state!);
+            return new Restore(_generator, now, Training.Rng.Use(_generator));
         }
 
-        private sealed class Restore(torch.Generator generator, Tensor state) : IDisposable
+        private sealed class Restore(torch.Generator? generator, Tensor? state, Training.Rng.Scope scope) : IDisposable
         {
             public void Dispose()
             {
-                generator.set_state(state);
-                state.Dispose();
+                if (generator is null) return;
+                scope.Dispose();
+                generator.set_state(state!);
+                state!.Dispose();
             }
         }
 
-        public void Dispose()
-        {
-            _state.Dispose();
-            _generator.Dispose();
-        }
+        public void Dispose() => _state?.Dispose();
     }
 }
