@@ -147,8 +147,12 @@ public sealed class SafeTensorsFile : IDisposable
     private bool IsAligned(SafeTensorInfo info) => (_dataStart + info.Begin) % info.DType.ElementSize() == 0;
 
     /// <summary>The whole file as a 1-D tensor of <paramref name="dtype"/>, memory-mapped privately (torch.from_file, shared=False).</summary>
-    private Tensor MapFile(ScalarType dtype) =>
-        from_file(Path, shared: false, size: new FileInfo(Path).Length / _elementSizes[dtype], dtype: dtype);
+    private Tensor MapFile(ScalarType dtype)
+    {
+        long length; // of the file itself, also when Path is a symbolic link (a hub cache snapshot)
+        using (var handle = File.OpenHandle(Path)) length = RandomAccess.GetLength(handle);
+        return from_file(Path, shared: false, size: length / _elementSizes[dtype], dtype: dtype);
+    }
 
     private static readonly Dictionary<ScalarType, long> _elementSizes = Enum.GetValues<SafeTensorsDType>()
         .ToDictionary(d => d.ToScalarType(), d => (long)d.ElementSize());

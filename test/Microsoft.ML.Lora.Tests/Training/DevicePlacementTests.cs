@@ -83,8 +83,13 @@ public sealed class DevicePlacementTests
         var probe = new MetaProbe();
         var lora = LoraModel.Apply(probe, new LoraConfig { R = 2, TargetModules = ["c_attn"] });
         using var trainer = new LoraTrainer(lora, new TrainingOptions { MaxSteps = 1, BatchSize = 1 });
-        FailsOnlyReadingMetaData(probe, () => trainer.Train([Example]));
+        // (Train itself first checks every trainable weight is finite, which reads meta data before any forward.)
         var collator = new Collator(0, 2, true, false, 64, OverlengthPolicy.Truncate);
+        FailsOnlyReadingMetaData(probe, () =>
+        {
+            using var batch = collator.Collate([collator.Encode(Example, 0)], probe.Device);
+            trainer.Backward([batch]);
+        });
         FailsOnlyReadingMetaData(probe, () => trainer.Evaluate([collator.Encode(Example, 0)], collator));
     }
 
