@@ -4,6 +4,7 @@ using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
 using Linear = Microsoft.ML.Lora.Models.Layers.Linear;
+using Embedding = Microsoft.ML.Lora.Models.Layers.Embedding;
 
 namespace Microsoft.ML.Lora.Models;
 
@@ -65,7 +66,7 @@ internal sealed class Gemma2ForCausalLm : CausalLm
     public override ModelConfig Config => _config;
 
     /// <summary>inputIds: (batch, seq) → logits (batch, seq, vocab) float32, soft-capped: cap · tanh(logits / cap).</summary>
-    public override Tensor Forward(Tensor inputIds, Tensor? attentionMask = null, Tensor? positionIds = null, KvCache? cache = null)
+    protected override Tensor ForwardCore(Tensor inputIds, Tensor? attentionMask = null, Tensor? positionIds = null, KvCache? cache = null)
     {
         var h = model.forward(inputIds, attentionMask, positionIds, cache); // (batch, seq, hidden)
         var logits = lm_head is null ? Logits(h, model.embed_tokens.weight!) : lm_head.forward(h).As(Precision.Compute);
@@ -84,7 +85,7 @@ internal sealed class Gemma2Model : nn.Module
 
     public Gemma2Model(ModelConfig c) : base("Gemma2Model")
     {
-        embed_tokens = nn.Embedding(c.VocabSize, c.HiddenSize);
+        embed_tokens = new Embedding(c.VocabSize, c.HiddenSize);
         layers = new ModuleList<Gemma2DecoderLayer>([.. Enumerable.Range(0, c.NumLayers).Select(_ => new Gemma2DecoderLayer(c))]);
         norm = new RmsNorm(c.HiddenSize, c.NormEpsilon, unitOffset: true);
         _hidden = c.HiddenSize;
@@ -106,7 +107,7 @@ internal sealed class Gemma2Model : nn.Module
 }
 
 /// <summary>Sandwich norms: x + post_attention_layernorm(self_attn(input_layernorm(x))), then x + post_feedforward_layernorm(mlp(pre_feedforward_layernorm(x))).</summary>
-internal sealed class Gemma2DecoderLayer : nn.Module
+internal sealed class Gemma2DecoderLayer : GradientCheckpointingLayer
 {
     internal RmsNorm input_layernorm;
     internal Gemma2Attention self_attn;
@@ -127,11 +128,11 @@ internal sealed class Gemma2DecoderLayer : nn.Module
     }
 
     /// <summary>x: (batch, seq, hidden) → (batch, seq, hidden).</summary>
-    public Tensor forward(Tensor x, Tensor bias, Tensor cos, Tensor sin, KvCache? cache, int layer)
+    public Tensor forward(Tensor x, Tensor bias, Tensor cos, Tensor sin, KvCache? cache, int layer) => Checkpointed(x, cache, x =>
     {
         x = x + post_attention_layernorm.forward(self_attn.forward(input_layernorm.forward(x), bias, cos, sin, cache, layer));
         return x + post_feedforward_layernorm.forward(mlp.forward(pre_feedforward_layernorm.forward(x)));
-    }
+    });
 }
 
 /// <summary>q_proj, k_proj, v_proj, o_proj; eager attention with scale query_pre_attn_scalar^-½ and soft-capped scores.</summary>
