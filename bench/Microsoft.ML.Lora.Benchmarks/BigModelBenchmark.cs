@@ -49,9 +49,9 @@ internal sealed class BigModelBenchmark : IBenchmark
         Console.WriteLine($"[{quantization}] load {loadSeconds:F1} s, RSS {PeakMemory.RssMiB() / 1024:F2} GiB, peak RSS {PeakMemory.PeakRssGiB():F2} GiB");
 
         model.GradientCheckpointingEnable();
-        var lora = LoraModel.Apply(model, new LoraConfig { R = 16, LoraAlpha = 32, LoraDropout = 0.05, TargetModules = ["query_key_value"] });
+        var lora = PeftModel.GetPeftModel(model, new LoraConfig { R = 16, LoraAlpha = 32, LoraDropout = 0.05, TargetModules = ["query_key_value"] });
         Console.WriteLine($"[{quantization}] {lora.TrainableReport()}");
-        using var trainer = new LoraTrainer(lora, new TrainingOptions { BatchSize = 1, MaxSteps = steps, GradientCheckpointing = true });
+        using var trainer = new Trainer(lora, new TrainingOptions { BatchSize = 1, MaxSteps = steps, GradientCheckpointing = true });
         var rng = new Random(0);
         var ids = Enumerable.Range(0, 64).Select(_ => rng.Next(config.VocabSize)).ToArray();
         var collator = new Collator(config.PadTokenId ?? 0, config.EosTokenId, false, true, 0, OverlengthPolicy.Error);

@@ -40,7 +40,7 @@ internal sealed class TrainingBenchmark : IBenchmark
             ["n_positions"] = 1024, ["eos_token_id"] = 50256, ["bos_token_id"] = 50256,
         });
         var model = ModelFactory.CreateRandom(config, seed: 1);
-        var lora = LoraModel.Apply(model, new LoraConfig { R = 8, LoraAlpha = 16 });
+        var lora = PeftModel.GetPeftModel(model, new LoraConfig { R = 8, LoraAlpha = 16 });
         Console.WriteLine($"[{name}] {lora.TrainableReport()}");
         var rng = new Random(0);
         var data = Enumerable.Range(0, 64).Select(_ => new TrainingExample([], Enumerable.Range(0, tokens).Select(_ => rng.Next(50257)).ToArray())).ToList();
@@ -54,7 +54,7 @@ internal sealed class TrainingBenchmark : IBenchmark
         // RSS is read after every step; flatness compares its highest value over steps 51-100 with that over the last 50
         // steps (windows of whole memory-release cycles, so the phase of the cycle cannot flatter either number).
         double rssEarly = 0, rssLate = 0; TrainingProgress? last = null;
-        using var trainer = new LoraTrainer(lora, options);
+        using var trainer = new Trainer(lora, options);
         var progress = new Sync(p =>
         {
             last = p;

@@ -6,8 +6,8 @@ using static TorchSharp.torch;
 
 namespace Microsoft.ML.Lora.Generation;
 
-/// <summary>Settings of one generate call, with Hugging Face's semantics.</summary>
-internal sealed record GenerationOptions
+/// <summary>Settings of one generate call, with the names and semantics of transformers' <c>GenerationConfig</c>.</summary>
+public sealed record GenerationOptions
 {
     /// <summary>Number of tokens to generate at most.</summary>
     public int MaxNewTokens { get; init; } = 32;

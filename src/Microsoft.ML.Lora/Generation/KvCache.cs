@@ -2,12 +2,16 @@ using static TorchSharp.torch;
 
 namespace Microsoft.ML.Lora.Generation;
 
-/// <summary>Keys and values of earlier positions, one pair per layer, each [batch, kv_heads, past, head_dim].</summary>
-internal sealed class KvCache : IDisposable
+/// <summary>
+/// Keys and values of earlier positions (transformers' <c>DynamicCache</c>), one pair per layer, each
+/// [batch, kv_heads, past, head_dim]; pass the same cache to successive <see cref="Models.CausalLm.Forward"/> calls.
+/// </summary>
+public sealed class KvCache : IDisposable
 {
     private readonly Tensor?[] _keys;
     private readonly Tensor?[] _values;
 
+    /// <summary>An empty cache for a model of <paramref name="layers"/> layers (<see cref="Models.ModelConfig.NumLayers"/>).</summary>
     public KvCache(int layers)
     {
         _keys = new Tensor?[layers];
@@ -18,7 +22,7 @@ internal sealed class KvCache : IDisposable
     public long Length => _keys[0]?.shape[2] ?? 0;
 
     /// <summary>Appends this step's keys and values for <paramref name="layer"/> and returns all of them.</summary>
-    public (Tensor keys, Tensor values) Update(int layer, Tensor keys, Tensor values)
+    internal (Tensor keys, Tensor values) Update(int layer, Tensor keys, Tensor values)
     {
         var k = _keys[layer] is { } pk ? cat([pk, keys], 2) : keys.alias();
         var v = _values[layer] is { } pv ? cat([pv, values], 2) : values.alias();
@@ -29,6 +33,7 @@ internal sealed class KvCache : IDisposable
         return (k.alias(), v.alias());
     }
 
+    /// <summary>Frees the cached tensors.</summary>
     public void Dispose()
     {
         foreach (var t in _keys) t?.Dispose();

@@ -1,16 +1,21 @@
 namespace Microsoft.ML.Lora;
 
-/// <summary>Shape of the LoRA adapter (written to adapter_config.json in the PEFT format).</summary>
+/// <summary>
+/// Shape of the LoRA adapter (written to adapter_config.json in the PEFT format): the ML.NET face of
+/// <see cref="Peft.LoraConfig"/>, whose defaults (PEFT's) it takes, so there is one set of defaults.
+/// </summary>
 public sealed class LoraAdapterOptions
 {
-    /// <summary>Rank r of the low-rank update. Default 8.</summary>
-    public int Rank { get; set; } = 8;
+    private static readonly Peft.LoraConfig Defaults = new();
 
-    /// <summary>Scaling numerator: the update is scaled by Alpha / Rank. Default 16.</summary>
-    public float Alpha { get; set; } = 16f;
+    /// <summary>Rank r of the low-rank update (<see cref="Peft.LoraConfig.R"/>). Default: PEFT's, 8.</summary>
+    public int Rank { get; set; } = Defaults.R;
 
-    /// <summary>Dropout applied to the adapter input while training. Default 0.05.</summary>
-    public float Dropout { get; set; } = 0.05f;
+    /// <summary>Scaling numerator: the update is scaled by Alpha / Rank (<see cref="Peft.LoraConfig.LoraAlpha"/>). Default: PEFT's, 8.</summary>
+    public float Alpha { get; set; } = (float)Defaults.LoraAlpha;
+
+    /// <summary>Dropout applied to the adapter input while training (<see cref="Peft.LoraConfig.LoraDropout"/>). Default: PEFT's, 0.</summary>
+    public float Dropout { get; set; } = (float)Defaults.LoraDropout;
 
     /// <summary>Names of the modules to adapt (PEFT's target_modules); null picks the model family's default. Default null.</summary>
     public string[]? TargetModules { get; set; }

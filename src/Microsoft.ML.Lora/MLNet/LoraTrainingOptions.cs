@@ -1,16 +1,21 @@
 namespace Microsoft.ML.Lora;
 
-/// <summary>Fine-tuning settings of <see cref="LoraCausalLmTrainer"/>.</summary>
+/// <summary>
+/// Fine-tuning settings of <see cref="LoraCausalLmTrainer"/>: the ML.NET face of <see cref="Training.TrainingOptions"/>,
+/// whose defaults it takes (one set of defaults); only <see cref="MaxSequenceLength"/> has its own.
+/// </summary>
 public sealed class LoraTrainingOptions
 {
+    private static readonly Training.TrainingOptions Defaults = new();
+
     /// <summary>Passes over the training data. Default 1.</summary>
-    public int Epochs { get; set; } = 1;
+    public int Epochs { get; set; } = (int)Defaults.NumEpochs;
 
     /// <summary>Learning rate of the optimizer (AdamW). Default 2e-4.</summary>
-    public float LearningRate { get; set; } = 2e-4f;
+    public float LearningRate { get; set; } = (float)Defaults.LearningRate;
 
     /// <summary>Examples per optimizer step. Default 4.</summary>
-    public int BatchSize { get; set; } = 4;
+    public int BatchSize { get; set; } = Defaults.BatchSize;
 
     /// <summary>Longest tokenized prompt plus completion; longer examples are cut. Default 512.</summary>
     public int MaxSequenceLength { get; set; } = 512;
@@ -19,25 +24,25 @@ public sealed class LoraTrainingOptions
     public int MaxSteps { get; set; }
 
     /// <summary>Micro-batches of <see cref="BatchSize"/> examples per optimizer step. Default 1.</summary>
-    public int GradientAccumulationSteps { get; set; } = 1;
+    public int GradientAccumulationSteps { get; set; } = Defaults.GradientAccumulationSteps;
 
     /// <summary>Learning-rate schedule after warmup. Default <see cref="Training.LrSchedulerType.Linear"/>.</summary>
-    public Training.LrSchedulerType LrScheduler { get; set; } = Training.LrSchedulerType.Linear;
+    public Training.LrSchedulerType LrScheduler { get; set; } = Defaults.LrScheduler;
 
     /// <summary>Warmup as a fraction of the total steps. Default 0.</summary>
-    public double WarmupRatio { get; set; }
+    public double WarmupRatio { get; set; } = Defaults.WarmupRatio;
 
     /// <summary>AdamW weight decay. Default 0.</summary>
-    public double WeightDecay { get; set; }
+    public double WeightDecay { get; set; } = Defaults.WeightDecay;
 
     /// <summary>Gradient-norm clipping; 0 disables it. Default 1.</summary>
-    public double MaxGradNorm { get; set; } = 1.0;
+    public double MaxGradNorm { get; set; } = Defaults.MaxGradNorm;
 
     /// <summary>
     /// Report progress (<see cref="LoraCausalLmOptions.Progress"/> and the MLContext log) every N optimizer steps, and
     /// evaluate the validation data given to <c>Fit(train, validationData)</c> at the same steps. Default 10.
     /// </summary>
-    public int LoggingSteps { get; set; } = 10;
+    public int LoggingSteps { get; set; } = Defaults.LoggingSteps;
 
     /// <summary>
     /// Stop after this many validations in a row without a new lowest validation loss (transformers'

@@ -5,15 +5,18 @@ using static TorchSharp.torch;
 namespace Microsoft.ML.Lora.Models;
 
 /// <summary>
-/// Base of every causal language model of this library. Submodules and parameters carry the Hugging Face names
+/// A causal language model (transformers' <c>AutoModelForCausalLM</c>): load one with <see cref="FromPretrained"/>,
+/// compute logits with <see cref="Forward"/>, generate with <see cref="Generate(IReadOnlyList{int}, Generation.GenerationOptions)"/>,
+/// save with <see cref="SavePretrained"/>, and adapt it with <see cref="Peft.PeftModel"/>. Base of every architecture of
+/// this library. Submodules and parameters carry the Hugging Face names
 /// (<c>transformer.h.0.self_attention.query_key_value.weight</c>), so loading a checkpoint is a straight mapping and
 /// LoRA finds its targets by the names PEFT uses. Every projection is a field of type
 /// <c>nn.Module&lt;Tensor, Tensor&gt;</c> holding a <see cref="Layers.ILinear"/>, read on each forward, so that
 /// <c>Peft.ModuleSurgery</c> can swap it for a LoRA wrapper.
 /// </summary>
-internal abstract class CausalLm : nn.Module
+public abstract partial class CausalLm : nn.Module
 {
-    protected CausalLm(string name) : base(name) { }
+    private protected CausalLm(string name) : base(name) { }
 
     /// <summary>The configuration the model was built from.</summary>
     public abstract ModelConfig Config { get; }
@@ -103,6 +106,6 @@ internal abstract class CausalLm : nn.Module
     private bool _float32Arithmetic;
 
     /// <summary>Float32 logits of the final hidden states <paramref name="h"/> through the tied embedding matrix.</summary>
-    protected Tensor Logits(Tensor h, Tensor embedding) =>
+    private protected Tensor Logits(Tensor h, Tensor embedding) =>
         Precision.Linear(h, embedding, null, _float32Arithmetic).As(Precision.Compute);
 }

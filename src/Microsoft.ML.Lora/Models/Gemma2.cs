@@ -69,7 +69,7 @@ internal sealed class Gemma2ForCausalLm : CausalLm
     protected override Tensor ForwardCore(Tensor inputIds, Tensor? attentionMask = null, Tensor? positionIds = null, KvCache? cache = null)
     {
         var h = model.forward(inputIds, attentionMask, positionIds, cache); // (batch, seq, hidden)
-        var logits = lm_head is null ? Logits(h, model.embed_tokens.weight!) : lm_head.forward(h).As(Precision.Compute);
+        var logits = lm_head is null ? Logits(h, EmbeddingWeight.Of(model.embed_tokens)) : lm_head.forward(h).As(Precision.Compute);
         return _finalSoftcap is double cap ? (logits / cap).tanh() * cap : logits;
     }
 }
@@ -77,7 +77,7 @@ internal sealed class Gemma2ForCausalLm : CausalLm
 /// <summary>embed_tokens (scaled by √hidden), layers, norm, and the rotary frequencies.</summary>
 internal sealed class Gemma2Model : nn.Module
 {
-    internal Embedding embed_tokens;
+    internal nn.Module<Tensor, Tensor> embed_tokens; // an Embedding, or a LoRA wrapper of it
     internal ModuleList<Gemma2DecoderLayer> layers;
     internal RmsNorm norm;
     private readonly int _hidden;

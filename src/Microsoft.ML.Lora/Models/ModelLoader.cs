@@ -7,8 +7,8 @@ using static TorchSharp.torch;
 
 namespace Microsoft.ML.Lora.Models;
 
-/// <summary>Where and in which precision to load a model.</summary>
-internal sealed record ModelLoadOptions
+/// <summary>Where and in which precision to load a model (transformers' <c>dtype</c> and <c>device_map</c> of from_pretrained).</summary>
+public sealed record ModelLoadOptions
 {
     /// <summary>Floating type of the parameters: Float32 (default), BFloat16 or Float16.</summary>
     public ScalarType DType { get; init; } = ScalarType.Float32;

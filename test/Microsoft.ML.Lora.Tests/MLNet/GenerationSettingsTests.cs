@@ -58,6 +58,19 @@ public sealed class GenerationSettingsTests : MLNetTestBase
     }
 
     [Fact]
+    public void The_ML_NET_options_have_the_defaults_of_the_lower_level_options()
+    {
+        var peft = new Microsoft.ML.Lora.Peft.LoraConfig();
+        var lora = new LoraAdapterOptions();
+        (lora.Rank, (double)lora.Alpha, (double)lora.Dropout).Should().Be((peft.R, peft.LoraAlpha, peft.LoraDropout));
+        var trainer = new Microsoft.ML.Lora.Training.TrainingOptions();
+        var training = new LoraTrainingOptions();
+        ((double)training.LearningRate).Should().BeApproximately(trainer.LearningRate, 1e-9);
+        (training.Epochs, training.BatchSize, training.GradientAccumulationSteps, training.LrScheduler, training.WarmupRatio, training.WeightDecay, training.MaxGradNorm, training.LoggingSteps)
+            .Should().Be(((int)trainer.NumEpochs, trainer.BatchSize, trainer.GradientAccumulationSteps, trainer.LrScheduler, trainer.WarmupRatio, trainer.WeightDecay, trainer.MaxGradNorm, trainer.LoggingSteps));
+    }
+
+    [Fact]
     public void Without_a_Seed_the_MLContext_seed_decides()
     {
         int SeedOf(int contextSeed)

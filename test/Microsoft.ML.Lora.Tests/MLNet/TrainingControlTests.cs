@@ -108,7 +108,7 @@ public sealed class TrainingControlTests : IDisposable
 
         var factory = (TorchSharpTextGenerator)GeneratorOf(model);
         var options2 = Options(maxSteps: 1);
-        var trainer = new LoraTrainer(factory.Model, TorchSharpTextGeneratorFactory.ToTrainingOptions(options2, appendEos: true));
+        var trainer = new Trainer(factory.Model, TorchSharpTextGeneratorFactory.ToTrainingOptions(options2, appendEos: true));
         using (trainer)
         {
             var tokenizer = BackendTokenizer.Load(_base);

@@ -121,7 +121,7 @@ public class Float32ArithmeticTests(ITestOutputHelper output)
             var inputs = FixtureLoraTests.Inputs("llama");
             using var batch = new Batch(FixtureLoraTests.Ids(inputs, "train_input_ids"), FixtureLoraTests.Ids(inputs, "train_attention_mask"),
                 FixtureLoraTests.Ids(inputs, "train_labels_full"), 0);
-            using var trainer = new LoraTrainer(lm, new TrainingOptions { LearningRate = 1e-2, MaxGradNorm = 0, LrScheduler = LrSchedulerType.Constant, MaxSteps = 3 });
+            using var trainer = new Trainer(lm, new TrainingOptions { LearningRate = 1e-2, MaxGradNorm = 0, LrScheduler = LrSchedulerType.Constant, MaxSteps = 3 });
             return [.. Enumerable.Range(0, 3).Select(_ => trainer.Step([batch], 1e-2))];
         }
         var expected = Losses(RoundedFloat32("llama"));
@@ -139,7 +139,7 @@ public class Float32ArithmeticTests(ITestOutputHelper output)
     {
         using var scope = NewDisposeScope();
         var model = BFloat16WithFloat32Arithmetic("llama");
-        var lm = LoraModel.Apply(model, new LoraConfig { TargetModules = ["q_proj", "v_proj"], ModulesToSave = ["lm_head"] });
+        var lm = PeftModel.GetPeftModel(model, new LoraConfig { TargetModules = ["q_proj", "v_proj"], ModulesToSave = ["lm_head"] });
         lm.Layers.Values.Should().OnlyContain(l => l.Float32Arithmetic);
         ((ILinear)lm.SavedModules["lm_head"].Copy("default")).Float32Arithmetic.Should().BeTrue();
         model.Float32Arithmetic = false;

@@ -66,7 +66,7 @@ public sealed class AdapterConfigFieldTests : IDisposable
     {
         using var scope = NewDisposeScope();
         var qwen = ModelLoader.Load(Fixtures.Model("qwen2")); // q/k/v have biases
-        var lm = LoraModel.Apply(qwen, new LoraConfig { R = 8, LoraAlpha = 16, Bias = "lora_only" });
+        var lm = PeftModel.GetPeftModel(qwen, new LoraConfig { R = 8, LoraAlpha = 16, Bias = "lora_only" });
         lm.TrainableParameters().Select(p => p.Name).Where(n => n.Contains("bias")).Should().BeEquivalentTo(
             "model.layers.0.self_attn.q_proj.base_layer.bias", "model.layers.0.self_attn.v_proj.base_layer.bias",
             "model.layers.1.self_attn.q_proj.base_layer.bias", "model.layers.1.self_attn.v_proj.base_layer.bias");
@@ -82,8 +82,8 @@ public sealed class AdapterConfigFieldTests : IDisposable
     public void Bias_all_saves_every_bias_under_its_peft_key_and_loads_it_into_the_model()
     {
         using var scope = NewDisposeScope();
-        var lm = LoraModel.Apply(ModelLoader.Load(Fixtures.Model("qwen2")), new LoraConfig { R = 8, LoraAlpha = 16, Bias = "all" });
-        var state = PeftAdapterIO.StateDict(lm);
+        var lm = PeftModel.GetPeftModel(ModelLoader.Load(Fixtures.Model("qwen2")), new LoraConfig { R = 8, LoraAlpha = 16, Bias = "all" });
+        var state = lm.StateDict();
         state.Keys.Where(k => k.Contains("bias")).Should().BeEquivalentTo(
             Enumerable.Range(0, 2).SelectMany(i => new[]
             {
@@ -93,7 +93,7 @@ public sealed class AdapterConfigFieldTests : IDisposable
         using (no_grad()) state["base_model.model.model.layers.1.self_attn.k_proj.bias"].fill_(0.25f);
         PeftAdapterIO.Save(lm, _dir.FullName);
         var reloaded = PeftAdapterIO.Load(ModelLoader.Load(Fixtures.Model("qwen2")), _dir.FullName);
-        PeftAdapterIO.StateDict(reloaded)["base_model.model.model.layers.1.self_attn.k_proj.bias"].eq(0.25f).all().item<bool>().Should().BeTrue();
+        reloaded.StateDict()["base_model.model.model.layers.1.self_attn.k_proj.bias"].eq(0.25f).all().item<bool>().Should().BeTrue();
     }
 
     [Theory]

@@ -45,11 +45,11 @@ public class FixtureLoraTests(ITestOutputHelper output)
     {
         using var scope = NewDisposeScope();
         var model = LoadModel(arch);
-        var lm = LoraModel.Apply(model, PeftConfig(arch));
+        var lm = PeftModel.GetPeftModel(model, PeftConfig(arch));
         var t = Trainable(arch);
         lm.TrainableReport().Should().Be(t["print_trainable_parameters"]!.GetValue<string>());
         var peft = t["adapter_state_dict_keys_as_saved"]!.AsObject().ToDictionary(kv => kv.Key, kv => string.Join(",", kv.Value!.AsArray().Select(x => x!.GetValue<long>())));
-        PeftAdapterIO.StateDict(lm).ToDictionary(kv => kv.Key, kv => string.Join(",", kv.Value.shape)).Should().BeEquivalentTo(peft);
+        lm.StateDict().ToDictionary(kv => kv.Key, kv => string.Join(",", kv.Value.shape)).Should().BeEquivalentTo(peft);
     }
 
     [Theory]
@@ -81,7 +81,7 @@ public class FixtureLoraTests(ITestOutputHelper output)
         using (no_grad())
         {
             double adapted = MaxErr(model.Forward(ids, mask, positions), reference.Load($"{variant}.logits_adapted"));
-            lm.Merge();
+            lm.MergeAdapter();
             double merged = MaxErr(model.Forward(ids, mask, positions), reference.Load($"{variant}.logits_merged"));
             output.WriteLine($"{arch} {variant}: adapted max abs {adapted:E3}, merged max abs {merged:E3}");
             adapted.Should().BeLessThanOrEqualTo(1e-4);
@@ -103,7 +103,7 @@ public class FixtureLoraTests(ITestOutputHelper output)
         using var base0 = lm.Layers.Values.First().weight.detach().clone();
         var inputs = Inputs(arch);
         using var batch = new Batch(Ids(inputs, "train_input_ids"), Ids(inputs, "train_attention_mask"), Ids(inputs, "train_labels_full"), 0);
-        var trainer = new LoraTrainer(lm, new TrainingOptions { LearningRate = 1e-2, WeightDecay = 0, MaxGradNorm = 0, LrScheduler = LrSchedulerType.Constant, MaxSteps = 3 });
+        var trainer = new Trainer(lm, new TrainingOptions { LearningRate = 1e-2, WeightDecay = 0, MaxGradNorm = 0, LrScheduler = LrSchedulerType.Constant, MaxSteps = 3 });
         var losses = Enumerable.Range(0, 3).Select(_ => trainer.Step([batch], 1e-2)).ToArray();
         output.WriteLine($"{arch} bf16 losses [{string.Join(", ", losses.Select(x => x.ToString("F4")))}]");
         losses.All(double.IsFinite).Should().BeTrue();
@@ -117,7 +117,7 @@ public class FixtureLoraTests(ITestOutputHelper output)
     {
         using var scope = NewDisposeScope();
         var (lm, batch) = Float16Llama();
-        var trainer = new LoraTrainer(lm, new TrainingOptions { LearningRate = 1e-2, MaxGradNorm = 0, MaxSteps = 3 });
+        var trainer = new Trainer(lm, new TrainingOptions { LearningRate = 1e-2, MaxGradNorm = 0, MaxSteps = 3 });
         var losses = Enumerable.Range(0, 3).Select(_ => trainer.Step([batch], 1e-2)).ToArray();
         output.WriteLine($"fp16 losses [{string.Join(", ", losses.Select(x => x.ToString("F4")))}], scale {trainer.Scaler!.Scale}");
         losses.Should().BeInDescendingOrder();
@@ -133,7 +133,7 @@ public class FixtureLoraTests(ITestOutputHelper output)
         using var temp = new TempFolder();
         var (lm, batch) = Float16Llama();
         var options = new TrainingOptions { LearningRate = 1e-2, MaxSteps = 3, InitialLossScale = 1e38 };
-        var trainer = new LoraTrainer(lm, options);
+        var trainer = new Trainer(lm, options);
         using var a0 = lm.Layers.Values.First().LoraA("default").detach().clone();
         trainer.Step([batch], 1e-2);
         trainer.Scaler!.SkippedSteps.Should().Be(1);
@@ -142,12 +142,12 @@ public class FixtureLoraTests(ITestOutputHelper output)
 
         trainer.SaveCheckpoint(temp.Path, totalSteps: 3);
         var (lm2, _) = Float16Llama();
-        var resumed = new LoraTrainer(lm2, options);
+        var resumed = new Trainer(lm2, options);
         resumed.Resume(temp.Path, expectedTotalSteps: 3);
         resumed.Scaler!.Scale.Should().Be(5e37);
     }
 
-    private (LoraModel Lm, Batch Batch) Float16Llama()
+    private (PeftModel Lm, Batch Batch) Float16Llama()
     {
         var model = ModelLoader.Load(Fixtures.Model("llama"), new ModelLoadOptions { DType = ScalarType.Float16 });
         var lm = PeftAdapterIO.Load(model, Path.Combine(Fixtures.Model("llama"), "lora", "adapter_init"));
@@ -160,7 +160,7 @@ public class FixtureLoraTests(ITestOutputHelper output)
     {
         using var scope = NewDisposeScope();
         var model = ModelLoader.Load(Fixtures.Model("llama"), new ModelLoadOptions { DType = ScalarType.BFloat16 });
-        var lm = LoraModel.Apply(model, new LoraConfig(), autocastAdapterDtype: false);
+        var lm = PeftModel.GetPeftModel(model, new LoraConfig(), autocastAdapterDtype: false);
         lm.Layers.Values.All(l => l.LoraA("default").dtype == ScalarType.BFloat16).Should().BeTrue();
         using var ids = tensor(new long[] { 1, 5, 9, 3 }).unsqueeze(0);
         using var _ = no_grad();
@@ -190,7 +190,7 @@ public class FixtureLoraTests(ITestOutputHelper output)
         var inputs = Inputs(arch);
         var labelsName = variant == "labels_full" ? "train_labels_full" : "train_labels_prompt_masked";
         using var batch = new Batch(Ids(inputs, "train_input_ids"), Ids(inputs, "train_attention_mask"), Ids(inputs, labelsName), 0);
-        var trainer = new LoraTrainer(lm, new TrainingOptions { LearningRate = 1e-3, WeightDecay = 0, MaxGradNorm = 0, LrScheduler = LrSchedulerType.Constant, MaxSteps = 5 });
+        var trainer = new Trainer(lm, new TrainingOptions { LearningRate = 1e-3, WeightDecay = 0, MaxGradNorm = 0, LrScheduler = LrSchedulerType.Constant, MaxSteps = 5 });
 
         using var reference = SafeTensorsFile.Open(Path.Combine(Fixtures.Model(arch), "reference.safetensors"));
         trainer.Backward([batch]);

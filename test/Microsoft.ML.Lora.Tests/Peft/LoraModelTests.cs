@@ -14,10 +14,10 @@ public class LoraModelTests
     public void Applies_default_gpt2_target_and_reports_like_peft()
     {
         using var scope = NewDisposeScope();
-        var lm = LoraModel.Apply(new TinyLm(TinyLm.MakeConfig()), R8);
+        var lm = PeftModel.GetPeftModel(new TinyLm(TinyLm.MakeConfig()), R8);
         lm.Layers.Keys.Should().Equal("transformer.h.0.attn.c_attn", "transformer.h.1.attn.c_attn");
         lm.Config.FanInFanOut.Should().BeTrue("GPT-2's c_attn is a Conv1D; PEFT switches fan_in_fan_out on");
-        lm.CountParameters().Should().Be((2048L, 31360L));
+        lm.GetNbTrainableParameters().Should().Be((2048L, 31360L));
         lm.TrainableReport().Should().Be("trainable params: 2,048 || all params: 31,360 || trainable%: 6.5306");
         lm.TrainableParameters().Select(p => p.Name).Should().Equal(
             "transformer.h.0.attn.c_attn.lora_A.default.weight", "transformer.h.0.attn.c_attn.lora_B.default.weight",
@@ -28,20 +28,20 @@ public class LoraModelTests
     public void All_linear_excludes_lm_head_and_layers_to_transform_filters_suffix_names()
     {
         using var scope = NewDisposeScope();
-        var lm = LoraModel.Apply(new TinyLm(TinyLm.MakeConfig()), R8 with { TargetModules = [LoraConfig.AllLinear] });
+        var lm = PeftModel.GetPeftModel(new TinyLm(TinyLm.MakeConfig()), R8 with { TargetModules = [LoraConfig.AllLinear] });
         lm.Layers.Should().HaveCount(8).And.NotContainKey("lm_head");
         // all-linear is a string in PEFT, which refuses layers_to_transform with it (TargetSelectionTests); names filter
-        LoraModel.Apply(new TinyLm(TinyLm.MakeConfig()), R8 with { TargetModules = ["c_attn", "c_proj", "c_fc"], LayersToTransform = [1] }).Layers.Keys
+        PeftModel.GetPeftModel(new TinyLm(TinyLm.MakeConfig()), R8 with { TargetModules = ["c_attn", "c_proj", "c_fc"], LayersToTransform = [1] }).Layers.Keys
             .Should().Equal("transformer.h.1.attn.c_attn", "transformer.h.1.attn.c_proj", "transformer.h.1.mlp.c_fc", "transformer.h.1.mlp.c_proj");
         // suffix "c_proj" matches both attention and MLP projections, as in PEFT
-        LoraModel.Apply(new TinyLm(TinyLm.MakeConfig()), R8 with { TargetModules = ["c_proj"] }).Layers.Should().HaveCount(4);
+        PeftModel.GetPeftModel(new TinyLm(TinyLm.MakeConfig()), R8 with { TargetModules = ["c_proj"] }).Layers.Should().HaveCount(4);
     }
 
     [Fact]
     public void Missing_target_lists_linear_modules()
     {
         using var scope = NewDisposeScope();
-        var act = () => LoraModel.Apply(new TinyLm(TinyLm.MakeConfig()), R8 with { TargetModules = ["q_proj"] });
+        var act = () => PeftModel.GetPeftModel(new TinyLm(TinyLm.MakeConfig()), R8 with { TargetModules = ["q_proj"] });
         act.Should().Throw<ArgumentException>().WithMessage(
             "Target modules [q_proj] not found in the gpt2 model. Its linear modules are: lm_head, transformer.h.N.attn.c_attn, transformer.h.N.attn.c_proj, transformer.h.N.mlp.c_fc, transformer.h.N.mlp.c_proj.");
     }
@@ -95,13 +95,13 @@ public class LoraModelTests
         var model = new TinyLm(TinyLm.MakeConfig());
         var ids = randint(0, 64, [2, 7]);
         var baseLogits = model.Forward(ids).detach();
-        var lm = LoraModel.Apply(model, R8 with { InitLoraWeights = LoraInit.Random, TargetModules = [LoraConfig.AllLinear] });
+        var lm = PeftModel.GetPeftModel(model, R8 with { InitLoraWeights = LoraInit.Random, TargetModules = [LoraConfig.AllLinear] });
         var adapted = model.Forward(ids).detach();
         (adapted - baseLogits).abs().max().item<float>().Should().BeGreaterThan(1e-2f);
-        using (lm.DisableAdapters()) (model.Forward(ids) - baseLogits).abs().max().item<float>().Should().BeLessThan(1e-5f);
-        lm.Merge();
+        using (lm.DisableAdapter()) (model.Forward(ids) - baseLogits).abs().max().item<float>().Should().BeLessThan(1e-5f);
+        lm.MergeAdapter();
         (model.Forward(ids) - adapted).abs().max().item<float>().Should().BeLessThan(1e-4f);
-        lm.Unmerge();
+        lm.UnmergeAdapter();
         var unloaded = lm.MergeAndUnload();
         unloaded.named_parameters().Select(p => p.name).Should().NotContain(n => n.Contains("lora_") || n.Contains("base_layer"));
         (unloaded.Forward(ids) - adapted).abs().max().item<float>().Should().BeLessThan(1e-4f);
@@ -113,7 +113,7 @@ public class LoraModelTests
         using var scope = NewDisposeScope();
         using var temp = new TempFolder();
         var dir = temp.Path;
-        var lm = LoraModel.Apply(new TinyLm(TinyLm.MakeConfig()), R8 with { InitLoraWeights = LoraInit.Random, BaseModelNameOrPath = "tiny" });
+        var lm = PeftModel.GetPeftModel(new TinyLm(TinyLm.MakeConfig()), R8 with { InitLoraWeights = LoraInit.Random, BaseModelNameOrPath = "tiny" });
         PeftAdapterIO.Save(lm, dir);
         using (var f = Microsoft.ML.Lora.Checkpoints.SafeTensorsFile.Open(Path.Combine(dir, "adapter_model.safetensors")))
         {
@@ -148,16 +148,18 @@ public class LoraModelTests
         using var scope = NewDisposeScope();
         using var temp = new TempFolder();
         var dir = temp.Path;
-        var lm = LoraModel.Apply(new TinyLm(TinyLm.MakeConfig()), R8 with { InitLoraWeights = LoraInit.Random });
+        var lm = PeftModel.GetPeftModel(new TinyLm(TinyLm.MakeConfig()), R8 with { InitLoraWeights = LoraInit.Random });
         PeftAdapterIO.Save(lm, dir);
         var before = File.ReadAllBytes(Path.Combine(dir, "adapter_model.safetensors"));
 
-        var r4 = LoraModel.Apply(new TinyLm(TinyLm.MakeConfig()), R8 with { R = 4 });
+        var r4 = PeftModel.GetPeftModel(new TinyLm(TinyLm.MakeConfig()), R8 with { R = 4 });
         var act = () => PeftAdapterIO.LoadWeights(r4, dir);
-        act.Should().Throw<InvalidDataException>().WithMessage("*'base_model.model.transformer.h.0.attn.c_attn.lora_A.weight' has shape [8, 32], the model expects [4, 32]*");
-        var allLinear = LoraModel.Apply(new TinyLm(TinyLm.MakeConfig()), R8 with { TargetModules = ["c_attn", "c_fc"] });
+        act.Should().Throw<AdapterLoadException>().WithMessage("*'base_model.model.transformer.h.0.attn.c_attn.lora_A.weight' has shape [8, 32], the model expects [4, 32]*")
+            .Which.TensorName.Should().Be("base_model.model.transformer.h.0.attn.c_attn.lora_A.weight");
+        var allLinear = PeftModel.GetPeftModel(new TinyLm(TinyLm.MakeConfig()), R8 with { TargetModules = ["c_attn", "c_fc"] });
         act = () => PeftAdapterIO.LoadWeights(allLinear, dir);
-        act.Should().Throw<InvalidDataException>().WithMessage("*missing 4 key(s) (first: base_model.model.transformer.h.0.mlp.c_fc.lora_A.weight)*");
+        act.Should().Throw<AdapterLoadException>().WithMessage("*missing 4 key(s) (first: base_model.model.transformer.h.0.mlp.c_fc.lora_A.weight)*")
+            .Which.FilePath.Should().Be(Path.Combine(dir, "adapter_model.safetensors"));
 
         using (no_grad()) lm.Layers.Values.First().LoraA("default").add_(1);
         PeftAdapterIO.BeforeCommit = _ => throw new IOException("disk full");
@@ -171,11 +173,11 @@ public class LoraModelTests
     public void Modules_to_save_and_bias_all_are_trained_and_saved()
     {
         using var scope = NewDisposeScope();
-        var lm = LoraModel.Apply(new TinyLm(TinyLm.MakeConfig()), R8 with { ModulesToSave = ["lm_head"] });
-        lm.CountParameters().Trainable.Should().Be(2048 + 64 * 32);
-        PeftAdapterIO.StateDict(lm).Keys.Should().Contain("base_model.model.lm_head.weight").And.HaveCount(5);
-        var all = LoraModel.Apply(new TinyLm(TinyLm.MakeConfig()), R8 with { Bias = "all" });
+        var lm = PeftModel.GetPeftModel(new TinyLm(TinyLm.MakeConfig()), R8 with { ModulesToSave = ["lm_head"] });
+        lm.GetNbTrainableParameters().Trainable.Should().Be(2048 + 64 * 32);
+        lm.StateDict().Keys.Should().Contain("base_model.model.lm_head.weight").And.HaveCount(5);
+        var all = PeftModel.GetPeftModel(new TinyLm(TinyLm.MakeConfig()), R8 with { Bias = "all" });
         // biases: per block c_attn 96 + c_proj 32 + c_fc 128 + c_proj 32, plus ln_f 32
-        all.CountParameters().Trainable.Should().Be(2048 + 2 * (96 + 32 + 128 + 32) + 32);
+        all.GetNbTrainableParameters().Trainable.Should().Be(2048 + 2 * (96 + 32 + 128 + 32) + 32);
     }
 }

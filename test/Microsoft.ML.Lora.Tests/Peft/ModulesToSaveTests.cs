@@ -20,22 +20,22 @@ public class ModulesToSaveTests
     public void Wraps_like_peft_and_counts_original_and_copy()
     {
         using var scope = NewDisposeScope();
-        var plain = LoraModel.Apply(new TinyLm(TinyLm.MakeConfig()), Config with { ModulesToSave = null });
+        var plain = PeftModel.GetPeftModel(new TinyLm(TinyLm.MakeConfig()), Config with { ModulesToSave = null });
         plain.Model.named_parameters().Select(p => p.name).Should().Contain("lm_head.weight").And.NotContain(n => n.Contains("original_module"));
 
-        var lm = LoraModel.Apply(new TinyLm(TinyLm.MakeConfig()), Config);
+        var lm = PeftModel.GetPeftModel(new TinyLm(TinyLm.MakeConfig()), Config);
         var names = lm.Model.named_parameters().Select(p => p.name).ToList();
         names.Should().Contain(["lm_head.original_module.weight", "lm_head.modules_to_save.default.weight"]).And.NotContain("lm_head.weight");
-        lm.CountParameters().Should().Be((Lora + Head, Base + Lora + Head));
+        lm.GetNbTrainableParameters().Should().Be((Lora + Head, Base + Lora + Head));
         lm.TrainableParameters().Select(p => p.Name).Should().Contain("lm_head.modules_to_save.default.weight").And.NotContain("lm_head.original_module.weight");
         var w = lm.SavedModules["lm_head"];
         w.Copy("default").parameters().Single().Handle.Should().NotBe(w.OriginalModule.parameters().Single().Handle);
 
-        PeftAdapterIO.StateDict(lm).Keys.Should().Equal(
+        lm.StateDict().Keys.Should().Equal(
             "base_model.model.lm_head.weight",
             "base_model.model.transformer.h.0.attn.c_attn.lora_A.weight", "base_model.model.transformer.h.0.attn.c_attn.lora_B.weight",
             "base_model.model.transformer.h.1.attn.c_attn.lora_A.weight", "base_model.model.transformer.h.1.attn.c_attn.lora_B.weight");
-        ReferenceEquals(PeftAdapterIO.StateDict(lm)["base_model.model.lm_head.weight"], w.Copy("default").parameters().Single()).Should().BeTrue();
+        ReferenceEquals(lm.StateDict()["base_model.model.lm_head.weight"], w.Copy("default").parameters().Single()).Should().BeTrue();
     }
 
     [Fact]
@@ -44,7 +44,7 @@ public class ModulesToSaveTests
         using var scope = NewDisposeScope();
         var reference = new TinyLm(TinyLm.MakeConfig());
         using var refLogits = reference.Forward(Ids).detach();
-        var lm = LoraModel.Apply(new TinyLm(TinyLm.MakeConfig()), Config);
+        var lm = PeftModel.GetPeftModel(new TinyLm(TinyLm.MakeConfig()), Config);
         var w = lm.SavedModules["lm_head"];
         using var original = w.OriginalModule.parameters().Single().detach().clone();
 
@@ -54,7 +54,7 @@ public class ModulesToSaveTests
 
         w.OriginalModule.parameters().Single().allclose(original, 0, 0).Should().BeTrue();
         w.Copy("default").parameters().Single().allclose(original, 0, 0).Should().BeFalse();
-        using (lm.DisableAdapters())
+        using (lm.DisableAdapter())
         using (var disabled = lm.Model.Forward(Ids)) disabled.allclose(refLogits, 0, 0).Should().BeTrue();
         using var enabled = lm.Model.Forward(Ids);
         enabled.allclose(refLogits, 0, 0).Should().BeFalse();
@@ -65,7 +65,7 @@ public class ModulesToSaveTests
     {
         using var scope = NewDisposeScope();
         using var temp = new TempFolder();
-        var lm = LoraModel.Apply(new TinyLm(TinyLm.MakeConfig()), Config);
+        var lm = PeftModel.GetPeftModel(new TinyLm(TinyLm.MakeConfig()), Config);
         using (no_grad()) lm.SavedModules["lm_head"].Copy("default").parameters().Single().add_(0.5);
         using var logits = lm.Model.Forward(Ids);
         PeftAdapterIO.Save(lm, temp.Path);
@@ -80,15 +80,15 @@ public class ModulesToSaveTests
     public void Merge_and_unmerge_of_lora_are_unaffected()
     {
         using var scope = NewDisposeScope();
-        var lm = LoraModel.Apply(new TinyLm(TinyLm.MakeConfig()), Config);
+        var lm = PeftModel.GetPeftModel(new TinyLm(TinyLm.MakeConfig()), Config);
         using (no_grad()) lm.SavedModules["lm_head"].Copy("default").parameters().Single().add_(0.5);
         using var logits = lm.Model.Forward(Ids);
         var c = lm.Layers["transformer.h.0.attn.c_attn"];
         using var before = c.weight.detach().clone();
-        lm.Merge();
+        lm.MergeAdapter();
         using (var merged = lm.Model.Forward(Ids)) merged.allclose(logits, rtol: 1e-5, atol: 1e-5).Should().BeTrue();
         c.weight.allclose(before, 0, 0).Should().BeFalse();
-        lm.Unmerge();
+        lm.UnmergeAdapter();
         c.weight.allclose(before, rtol: 0, atol: 1e-6).Should().BeTrue();
         var unloaded = lm.MergeAndUnload();
         using var final = unloaded.Forward(Ids);
@@ -101,7 +101,7 @@ public class ModulesToSaveTests
     {
         using var scope = NewDisposeScope();
         var gpt2 = new Gpt2ForCausalLm(TinyLm.MakeConfig());
-        var act = () => LoraModel.Apply(gpt2, Config with { TargetModules = ["c_attn"] });
+        var act = () => PeftModel.GetPeftModel(gpt2, Config with { TargetModules = ["c_attn"] });
         act.Should().Throw<ArgumentException>().WithMessage("*modules_to_save [lm_head] matches no module*tied lm_head*");
     }
 }

@@ -24,7 +24,7 @@ public sealed class TargetSelectionTests : IDisposable
     public void All_linear_is_written_as_the_resolved_module_paths_and_loads_back_onto_the_same_layers()
     {
         using var scope = NewDisposeScope();
-        var lm = LoraModel.Apply(Llama(), R8 with { TargetModules = [LoraConfig.AllLinear] });
+        var lm = PeftModel.GetPeftModel(Llama(), R8 with { TargetModules = [LoraConfig.AllLinear] });
         lm.Layers.Should().HaveCount(14);
         lm.Layers.Keys.Should().NotContain("lm_head");
         PeftAdapterIO.Save(lm, _dir.FullName);
@@ -37,7 +37,7 @@ public sealed class TargetSelectionTests : IDisposable
     [Fact]
     public void All_linear_with_layers_to_transform_is_refused_as_peft_refuses_a_string_target()
     {
-        var act = () => LoraModel.Apply(new TinyLm(TinyLm.MakeConfig()), R8 with { TargetModules = [LoraConfig.AllLinear], LayersToTransform = [1] });
+        var act = () => PeftModel.GetPeftModel(new TinyLm(TinyLm.MakeConfig()), R8 with { TargetModules = [LoraConfig.AllLinear], LayersToTransform = [1] });
         act.Should().Throw<ArgumentException>().Which.Message.Should().Contain("layers_to_transform").And.Contain("all-linear");
     }
 
@@ -45,12 +45,12 @@ public sealed class TargetSelectionTests : IDisposable
     public void A_regex_string_is_matched_against_the_full_module_path_and_written_back_as_a_string()
     {
         using var scope = NewDisposeScope();
-        var lm = LoraModel.Apply(Llama(), R8 with { TargetModulesRegex = @".*\.1\.self_attn\.(q|k)_proj" });
+        var lm = PeftModel.GetPeftModel(Llama(), R8 with { TargetModulesRegex = @".*\.1\.self_attn\.(q|k)_proj" });
         lm.Layers.Keys.Should().Equal("model.layers.1.self_attn.q_proj", "model.layers.1.self_attn.k_proj");
         PeftAdapterIO.Save(lm, _dir.FullName);
         SavedConfig(_dir.FullName)["target_modules"]!.GetValue<string>().Should().Be(@".*\.1\.self_attn\.(q|k)_proj");
         // re.fullmatch: a bare name is not a suffix match when it is a string
-        var bare = () => LoraModel.Apply(Llama(), R8 with { TargetModulesRegex = "q_proj" });
+        var bare = () => PeftModel.GetPeftModel(Llama(), R8 with { TargetModulesRegex = "q_proj" });
         bare.Should().Throw<ArgumentException>().Which.Message.Should().Contain("not found");
     }
 
@@ -76,9 +76,9 @@ public sealed class TargetSelectionTests : IDisposable
     public void Layers_pattern_names_the_module_list_whose_index_layers_to_transform_selects()
     {
         using var scope = NewDisposeScope();
-        LoraModel.Apply(Llama(), R8 with { LayersToTransform = [1], LayersPattern = ["layers"] }).Layers.Keys
+        PeftModel.GetPeftModel(Llama(), R8 with { LayersToTransform = [1], LayersPattern = ["layers"] }).Layers.Keys
             .Should().Equal("model.layers.1.self_attn.q_proj", "model.layers.1.self_attn.v_proj");
-        var wrong = () => LoraModel.Apply(Llama(), R8 with { LayersToTransform = [1], LayersPattern = ["blocks"] });
+        var wrong = () => PeftModel.GetPeftModel(Llama(), R8 with { LayersToTransform = [1], LayersPattern = ["blocks"] });
         wrong.Should().Throw<ArgumentException>().Which.Message.Should().Contain("layers_pattern");
     }
 
@@ -86,21 +86,21 @@ public sealed class TargetSelectionTests : IDisposable
     public void Targets_inside_modules_to_save_are_excluded()
     {
         using var scope = NewDisposeScope();
-        var lm = LoraModel.Apply(new TinyLm(TinyLm.MakeConfig()), R8 with { TargetModules = ["c_attn", "c_fc"], ModulesToSave = ["c_fc"] });
+        var lm = PeftModel.GetPeftModel(new TinyLm(TinyLm.MakeConfig()), R8 with { TargetModules = ["c_attn", "c_fc"], ModulesToSave = ["c_fc"] });
         lm.Layers.Keys.Should().Equal("transformer.h.0.attn.c_attn", "transformer.h.1.attn.c_attn");
     }
 
     [Fact]
     public void A_target_that_is_neither_linear_nor_embedding_is_refused_naming_module_and_type()
     {
-        var act = () => LoraModel.Apply(Llama(), R8 with { TargetModules = ["mlp"] });
+        var act = () => PeftModel.GetPeftModel(Llama(), R8 with { TargetModules = ["mlp"] });
         act.Should().Throw<NotSupportedException>().Which.Message.Should().Contain("model.layers.0.mlp").And.Contain("LlamaMLP");
     }
 
     [Fact]
     public void A_tied_lm_head_target_is_refused_with_the_reason_and_nothing_is_written()
     {
-        var act = () => LoraModel.Apply(ModelLoader.Load(Fixtures.Model("qwen2")), R8 with { TargetModules = ["q_proj", "lm_head"] });
+        var act = () => PeftModel.GetPeftModel(ModelLoader.Load(Fixtures.Model("qwen2")), R8 with { TargetModules = ["q_proj", "lm_head"] });
         act.Should().Throw<NotSupportedException>().Which.Message.Should().Contain("lm_head").And.Contain("tie_word_embeddings");
     }
 
@@ -108,7 +108,7 @@ public sealed class TargetSelectionTests : IDisposable
     public void Names_that_matched_nothing_are_not_written_to_adapter_config()
     {
         using var scope = NewDisposeScope();
-        var lm = LoraModel.Apply(Llama(), R8 with { TargetModules = ["q_proj", "not_a_module"] });
+        var lm = PeftModel.GetPeftModel(Llama(), R8 with { TargetModules = ["q_proj", "not_a_module"] });
         PeftAdapterIO.Save(lm, _dir.FullName);
         SavedConfig(_dir.FullName)["target_modules"]!.AsArray().Select(x => x!.GetValue<string>()).Should().Equal("q_proj");
     }

@@ -23,9 +23,9 @@ public class DoraTests(ITestOutputHelper output)
         using var f = new MethodFixture("dora", "llama");
         var model = ModelLoader.Load(Fixtures.Model("llama"));
         model.eval();
-        var lm = LoraModel.Apply(model, PeftConfig);
+        var lm = PeftModel.GetPeftModel(model, PeftConfig);
         lm.TrainableReport().Should().Be(f.Meta["print_trainable_parameters"]!.GetValue<string>());
-        PeftAdapterIO.StateDict(lm).ToDictionary(kv => kv.Key, kv => string.Join(",", kv.Value.shape))
+        lm.StateDict().ToDictionary(kv => kv.Key, kv => string.Join(",", kv.Value.shape))
             .Should().BeEquivalentTo(f.Meta["adapter_keys"]!.AsObject().ToDictionary(kv => kv.Key, kv => string.Join(",", kv.Value!.AsArray().Select(x => x!.GetValue<long>()))));
         foreach (var (path, l) in lm.Layers)
         {
@@ -47,7 +47,7 @@ public class DoraTests(ITestOutputHelper output)
         using var f = new MethodFixture("dora", "llama");
         var lm = PeftAdapterIO.Load(ModelLoader.Load(Fixtures.Model("llama")), f.AdapterInit);
         using var batch = f.TrainBatch();
-        using var trainer = new LoraTrainer(lm, Recipe);
+        using var trainer = new Trainer(lm, Recipe);
 
         // The detached norm: the step-0 gradients of A, B and m equal PEFT's (a non-detached norm is off by 0.07).
         trainer.Backward([batch]);
@@ -82,9 +82,9 @@ public class DoraTests(ITestOutputHelper output)
         double trained = MethodFixture.MaxErr(adapted, f.Load("logits_trained"), mask);
         var generated = new Generator(model).Generate([.. f.Load("gen_prompt_ids").data<long>().Select(x => (int)x)], new GenerationOptions { MaxNewTokens = 8, EosTokenIds = [] });
 
-        lm.Merge();
+        lm.MergeAdapter();
         double merged = MethodFixture.MaxErr(model.Forward(ids, mask, Positions(ids)), f.Load("logits_merged"), mask);
-        lm.Unmerge();
+        lm.UnmergeAdapter();
         double unmerged = MethodFixture.MaxErr(model.Forward(ids, mask, Positions(ids)), adapted, mask);
         output.WriteLine($"dora llama: trained {trained:E2}, merged {merged:E2}, after unmerge {unmerged:E2}");
         trained.Should().BeLessThanOrEqualTo(1e-4);
@@ -115,7 +115,7 @@ public class DoraTests(ITestOutputHelper output)
         using var scope = NewDisposeScope();
         var model = ModelLoader.Load(Fixtures.Model(arch));
         model.eval();
-        var lm = LoraModel.Apply(model, PeftConfig with { LoraAlpha = 16 });
+        var lm = PeftModel.GetPeftModel(model, PeftConfig with { LoraAlpha = 16 });
         var gen = new TorchSharp.torch.Generator(7);
         using (no_grad())
             foreach (var l in lm.Layers.Values)
@@ -127,9 +127,9 @@ public class DoraTests(ITestOutputHelper output)
         using var _ = no_grad();
         var adapted = model.Forward(ids);
         var w0 = lm.Layers.Values.First().weight.clone();
-        lm.Merge();
+        lm.MergeAdapter();
         double merged = (model.Forward(ids) - adapted).abs().max().item<float>();
-        lm.Unmerge();
+        lm.UnmergeAdapter();
         double restored = (lm.Layers.Values.First().weight - w0).abs().max().item<float>();
         output.WriteLine($"dora {arch}: merged vs adapted {merged:E2}, weight after unmerge {restored:E2}");
         merged.Should().BeLessThanOrEqualTo(1e-4);

@@ -22,12 +22,12 @@ public class IA3Tests(ITestOutputHelper output)
         using var f = new MethodFixture("ia3", "llama");
         var model = ModelLoader.Load(Fixtures.Model("llama"));
         model.eval();
-        var ia3 = IA3Model.Apply(model, new IA3Config());
+        var ia3 = PeftModel.GetPeftModel(model, new IA3Config());
         ia3.TrainableReport().Should().Be(f.Meta["print_trainable_parameters"]!.GetValue<string>());
         ia3.TrainableParameters().Select(p => "base_model.model." + p.Name)
             .Should().Equal(f.Meta["trainable_parameter_names_in_memory"]!.AsArray().Select(x => x!.GetValue<string>()));
         Shapes(ia3.StateDict()).Should().BeEquivalentTo(f.Meta["adapter_keys"]!.AsObject().ToDictionary(kv => kv.Key, kv => string.Join(",", kv.Value!.AsArray().Select(x => x!.GetValue<long>()))));
-        ia3.Layers.Where(l => l.Value.IsFeedforward).Select(l => l.Key).Should().OnlyContain(p => p.EndsWith("mlp.down_proj"));
+        ia3.IA3Layers.Where(l => l.Value.IsFeedforward).Select(l => l.Key).Should().OnlyContain(p => p.EndsWith("mlp.down_proj"));
         foreach (var (name, p) in ia3.TrainableParameters()) p.allclose(f.Load($"init.base_model.model.{name}"), 0, 0).Should().BeTrue(name);
         var ids = f.Load("logits_input_ids"); var mask = f.Load("logits_attention_mask");
         using var _ = no_grad();
@@ -40,7 +40,7 @@ public class IA3Tests(ITestOutputHelper output)
         using var scope = NewDisposeScope();
         using var f = new MethodFixture("ia3", "llama");
         var model = ModelLoader.Load(Fixtures.Model("llama"));
-        var ia3 = IA3Model.Load(model, f.AdapterInit);
+        var ia3 = PeftAdapterIO.Load(model, f.AdapterInit);
         using var batch = f.TrainBatch();
         model.train();
         var grads = new Dictionary<string, Tensor>();
@@ -61,7 +61,7 @@ public class IA3Tests(ITestOutputHelper output)
         using var f = new MethodFixture("ia3", "llama");
         var model = ModelLoader.Load(Fixtures.Model("llama"));
         model.eval();
-        var ia3 = IA3Model.Load(model, f.Adapter);
+        var ia3 = PeftAdapterIO.Load(model, f.Adapter);
         var ids = f.Load("logits_input_ids"); var mask = f.Load("logits_attention_mask");
         using var _ = no_grad();
         double trained = MethodFixture.MaxErr(model.Forward(ids, mask, DoraTests.Positions(ids)), f.Load("logits_trained"), mask);
@@ -80,9 +80,9 @@ public class IA3Tests(ITestOutputHelper output)
     {
         using var scope = NewDisposeScope();
         using var f = new MethodFixture("ia3", "llama");
-        var ia3 = IA3Model.Load(ModelLoader.Load(Fixtures.Model("llama")), f.Adapter);
+        var ia3 = PeftAdapterIO.Load(ModelLoader.Load(Fixtures.Model("llama")), f.Adapter);
         using var temp = new TempFolder();
-        ia3.Save(temp.Path);
+        ia3.SavePretrained(temp.Path);
         MethodFixture.ShouldHoldTheSameTensors(temp.Path, f.Adapter);
         var mine = PeftAdapterIO.ReadConfigJson(temp.Path);
         var theirs = PeftAdapterIO.ReadConfigJson(f.Adapter);
@@ -100,14 +100,14 @@ public class IA3Tests(ITestOutputHelper output)
         using var scope = NewDisposeScope();
         var model = ModelLoader.Load(Fixtures.Model(arch));
         model.eval();
-        var ia3 = IA3Model.Apply(model, new IA3Config());
-        ia3.Config.FanInFanOut.Should().Be(arch == "gpt2");
+        var ia3 = PeftModel.GetPeftModel(model, new IA3Config());
+        ((IA3Config)ia3.PeftConfig).FanInFanOut.Should().Be(arch == "gpt2");
         var gen = new TorchSharp.torch.Generator(7);
         using (no_grad()) foreach (var (_, p) in ia3.TrainableParameters()) p.copy_(rand(p.shape, generator: gen) + 0.5);
         var ids = tensor(new long[] { 5, 17, 99, 3, 250, 8 }).unsqueeze(0);
         using var _ = no_grad();
         var adapted = model.Forward(ids);
-        ia3.Merge();
+        ia3.MergeAdapter();
         double err = (model.Forward(ids) - adapted).abs().max().item<float>();
         output.WriteLine($"ia3 {arch}: merged vs adapted max abs {err:E2}");
         err.Should().BeLessThanOrEqualTo(1e-4);

@@ -29,11 +29,11 @@ public class LoraEmbeddingAndHeadTests(ITestOutputHelper output)
         using var f = new MethodFixture(method, "llama");
         var model = ModelLoader.Load(Fixtures.Model("llama"));
         model.eval();
-        var lm = LoraModel.Apply(model, ConfigOf(method));
+        var lm = PeftModel.GetPeftModel(model, ConfigOf(method));
         lm.TrainableReport().Should().Be(f.Meta["print_trainable_parameters"]!.GetValue<string>());
         lm.TrainableParameters().Select(p => PeftName(p.Name)).Should().BeEquivalentTo(
             f.Meta["trainable_parameter_names_in_memory"]!.AsArray().Select(x => x!.GetValue<string>()));
-        PeftAdapterIO.StateDict(lm).ToDictionary(kv => kv.Key, kv => string.Join(",", kv.Value.shape))
+        lm.StateDict().ToDictionary(kv => kv.Key, kv => string.Join(",", kv.Value.shape))
             .Should().BeEquivalentTo(f.Meta["adapter_keys"]!.AsObject().ToDictionary(kv => kv.Key, kv => string.Join(",", kv.Value!.AsArray().Select(x => x!.GetValue<long>()))));
         if (method == "lora_embedding")
         {
@@ -55,7 +55,7 @@ public class LoraEmbeddingAndHeadTests(ITestOutputHelper output)
         using var f = new MethodFixture(method, "llama");
         var lm = PeftAdapterIO.Load(ModelLoader.Load(Fixtures.Model("llama")), f.AdapterInit);
         using var batch = f.TrainBatch();
-        using var trainer = new LoraTrainer(lm, Recipe);
+        using var trainer = new Trainer(lm, Recipe);
         trainer.Backward([batch]);
         double gradErr = lm.TrainableParameters().Max(p => MethodFixture.RelErr(p.P.grad!, f.Load($"grad_step0.{PeftName(p.Name)}")));
         if (method == "lora_embedding") // padding_idx = pad id 0: that column of A gets no gradient
@@ -85,9 +85,9 @@ public class LoraEmbeddingAndHeadTests(ITestOutputHelper output)
         var adapted = model.Forward(ids, mask, DoraTests.Positions(ids));
         double trained = MethodFixture.MaxErr(adapted, f.Load("logits_trained"), mask);
         var generated = new Generator(model).Generate([.. f.Load("gen_prompt_ids").data<long>().Select(x => (int)x)], new GenerationOptions { MaxNewTokens = 8, EosTokenIds = [] });
-        lm.Merge();
+        lm.MergeAdapter();
         double merged = MethodFixture.MaxErr(model.Forward(ids, mask, DoraTests.Positions(ids)), f.Load("logits_merged"), mask);
-        lm.Unmerge();
+        lm.UnmergeAdapter();
         double unmerged = MethodFixture.MaxErr(model.Forward(ids, mask, DoraTests.Positions(ids)), adapted, mask);
         var unloaded = lm.MergeAndUnload();
         double unloadedErr = MethodFixture.MaxErr(unloaded.Forward(ids, mask, DoraTests.Positions(ids)), f.Load("logits_merged"), mask);
@@ -111,6 +111,6 @@ public class LoraEmbeddingAndHeadTests(ITestOutputHelper output)
         using var temp = new TempFolder();
         PeftAdapterIO.Save(lm, temp.Path);
         MethodFixture.ShouldHoldTheSameTensors(temp.Path, f.Adapter);
-        PeftAdapterIO.ReadConfig(temp.Path).TargetModules.Should().BeEquivalentTo(PeftAdapterIO.ReadConfig(f.Adapter).TargetModules);
+        ((LoraConfig)PeftAdapterIO.ReadConfig(temp.Path)).TargetModules.Should().BeEquivalentTo(((LoraConfig)PeftAdapterIO.ReadConfig(f.Adapter)).TargetModules);
     }
 }

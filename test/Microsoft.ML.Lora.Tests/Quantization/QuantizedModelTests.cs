@@ -84,7 +84,7 @@ public class QuantizedModelTests(ITestOutputHelper output)
             }
     }
 
-    private static (LoraModel Lm, Batch Batch) QLoraSetup(CausalLm model, SafeTensorsFile reference)
+    private static (PeftModel Lm, Batch Batch) QLoraSetup(CausalLm model, SafeTensorsFile reference)
     {
         var lm = PeftAdapterIO.Load(model, Path.Combine(Nf4Folder, "qlora", "adapter_init"));
         var batch = new Batch(reference.Load("train_input_ids"), reference.Load("train_attention_mask"), reference.Load("train_labels_full"), 0);
@@ -100,7 +100,7 @@ public class QuantizedModelTests(ITestOutputHelper output)
         using var reference = Reference();
         var (lm, batch) = QLoraSetup(model, reference);
         lm.Layers.Values.Should().OnlyContain(l => l.BaseLayer is Linear4bit && l.LoraA("default").dtype == ScalarType.Float32);
-        var trainer = new LoraTrainer(lm, new TrainingOptions { LearningRate = 1e-3, WeightDecay = 0, MaxGradNorm = 0, LrScheduler = LrSchedulerType.Constant, MaxSteps = 3 });
+        var trainer = new Trainer(lm, new TrainingOptions { LearningRate = 1e-3, WeightDecay = 0, MaxGradNorm = 0, LrScheduler = LrSchedulerType.Constant, MaxSteps = 3 });
         var expected = JsonNode.Parse(File.ReadAllText(Path.Combine(Nf4Folder, "qlora", "losses.json")))!["losses"]!.AsArray().Select(x => x!.GetValue<double>()).ToArray();
         var losses = Enumerable.Range(0, 3).Select(_ => trainer.Step([batch], 1e-3)).ToArray();
         output.WriteLine($"QLoRA losses [{string.Join(", ", losses.Select(x => x.ToString("R")))}], reference [{string.Join(", ", expected)}]");

@@ -12,8 +12,8 @@ namespace Microsoft.ML.Lora.Tests.Reliability;
 /// </summary>
 public sealed class CheckpointSwapTests
 {
-    private static LoraTrainer NewTrainer() => new(
-        LoraModel.Apply(new TinyLm(TinyLm.MakeConfig(hidden: 16, layers: 1), seed: 2), new LoraConfig { R = 2, LoraAlpha = 4, TargetModules = [LoraConfig.AllLinear] }),
+    private static Trainer NewTrainer() => new(
+        PeftModel.GetPeftModel(new TinyLm(TinyLm.MakeConfig(hidden: 16, layers: 1), seed: 2), new LoraConfig { R = 2, LoraAlpha = 4, TargetModules = [LoraConfig.AllLinear] }),
         new TrainingOptions { LearningRate = 1e-3, MaxSteps = 4, Seed = 3 });
 
     /// <summary>The id of a process that has exited: what a killed trainer left behind carries one.</summary>
@@ -25,7 +25,7 @@ public sealed class CheckpointSwapTests
         return p.Id;
     }
 
-    private static readonly string[] CheckpointFiles = [PeftAdapterIO.ConfigFile, PeftAdapterIO.WeightsFile, LoraTrainer.OptimizerFile, TrainerState.FileName];
+    private static readonly string[] CheckpointFiles = [PeftAdapterIO.ConfigFile, PeftAdapterIO.WeightsFile, Trainer.OptimizerFile, TrainerState.FileName];
 
     [Fact]
     public async Task A_reader_polling_during_50_re_saves_always_finds_a_complete_checkpoint()

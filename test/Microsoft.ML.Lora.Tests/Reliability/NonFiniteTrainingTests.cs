@@ -11,8 +11,8 @@ namespace Microsoft.ML.Lora.Tests.Reliability;
 /// </summary>
 public sealed class NonFiniteTrainingTests
 {
-    private static LoraModel NewModel() =>
-        LoraModel.Apply(new TinyLm(TinyLm.MakeConfig(hidden: 16, layers: 1), seed: 2), new LoraConfig { R = 4, LoraAlpha = 8, TargetModules = [LoraConfig.AllLinear] });
+    private static PeftModel NewModel() =>
+        PeftModel.GetPeftModel(new TinyLm(TinyLm.MakeConfig(hidden: 16, layers: 1), seed: 2), new LoraConfig { R = 4, LoraAlpha = 8, TargetModules = [LoraConfig.AllLinear] });
 
     private static List<TrainingExample> Data() =>
         Enumerable.Range(0, 4).Select(i => new TrainingExample([3 + i, 4 + i, 5 + i], [10 + i, 11 + i, 12 + i, 13 + i])).ToList();
@@ -24,7 +24,7 @@ public sealed class NonFiniteTrainingTests
     public void A_non_finite_or_zero_learning_rate_is_refused_before_training(double lr)
     {
         using var scope = NewDisposeScope();
-        var act = () => new LoraTrainer(NewModel(), new TrainingOptions { LearningRate = lr, MaxSteps = 1 });
+        var act = () => new Trainer(NewModel(), new TrainingOptions { LearningRate = lr, MaxSteps = 1 });
         act.Should().Throw<ArgumentException>().WithMessage($"TrainingOptions.LearningRate must be positive and finite, got {lr}.");
     }
 
@@ -47,7 +47,7 @@ public sealed class NonFiniteTrainingTests
     public void A_NaN_alpha_is_refused_when_the_adapter_is_added()
     {
         using var scope = NewDisposeScope();
-        var act = () => LoraModel.Apply(new TinyLm(TinyLm.MakeConfig(hidden: 16, layers: 1)), new LoraConfig { R = 4, LoraAlpha = double.NaN });
+        var act = () => PeftModel.GetPeftModel(new TinyLm(TinyLm.MakeConfig(hidden: 16, layers: 1)), new LoraConfig { R = 4, LoraAlpha = double.NaN });
         act.Should().Throw<ArgumentException>().WithMessage("LoraConfig.LoraAlpha (lora_alpha) must be finite, got NaN.");
     }
 }

@@ -81,8 +81,8 @@ public sealed class DevicePlacementTests
     {
         using var scope = NewDisposeScope();
         var probe = new MetaProbe();
-        var lora = LoraModel.Apply(probe, new LoraConfig { R = 2, TargetModules = ["c_attn"] });
-        using var trainer = new LoraTrainer(lora, new TrainingOptions { MaxSteps = 1, BatchSize = 1 });
+        var lora = PeftModel.GetPeftModel(probe, new LoraConfig { R = 2, TargetModules = ["c_attn"] });
+        using var trainer = new Trainer(lora, new TrainingOptions { MaxSteps = 1, BatchSize = 1 });
         // (Train itself first checks every trainable weight is finite, which reads meta data before any forward.)
         var collator = new Collator(0, 2, true, false, 64, OverlengthPolicy.Truncate);
         FailsOnlyReadingMetaData(probe, () =>

@@ -18,11 +18,11 @@ public sealed class GradientCheckpointingTests
     {
         manual_seed(7);
         var model = ModelLoader.Load(Fixtures.Model(arch), new ModelLoadOptions { DType = dtype });
-        var lora = LoraModel.Apply(model, new LoraConfig
+        var lora = PeftModel.GetPeftModel(model, new LoraConfig
         {
             R = 4, LoraAlpha = 8, LoraDropout = 0.2, InitLoraWeights = LoraInit.Random, TargetModules = [LoraConfig.AllLinear],
         });
-        using var trainer = new LoraTrainer(lora, new TrainingOptions { GradientCheckpointing = checkpointing, Seed = 3 });
+        using var trainer = new Trainer(lora, new TrainingOptions { GradientCheckpointing = checkpointing, Seed = 3 });
         model.IsGradientCheckpointing.Should().Be(checkpointing);
         var inputs = FixtureLoraTests.Inputs(arch);
         using var batch = new Batch(FixtureLoraTests.Ids(inputs, "train_input_ids"), FixtureLoraTests.Ids(inputs, "train_attention_mask"),

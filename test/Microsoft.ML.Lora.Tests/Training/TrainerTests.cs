@@ -18,8 +18,8 @@ public class TrainerTests
             Enumerable.Range(0, rng.Next(3, 10)).Select(_ => rng.Next(3, 64)).ToArray())).ToList();
     }
 
-    private static LoraModel NewModel(double dropout = 0.0) =>
-        LoraModel.Apply(new TinyLm(TinyLm.MakeConfig(), seed: 11), new LoraConfig { R = 4, LoraAlpha = 8, LoraDropout = dropout, TargetModules = [LoraConfig.AllLinear] });
+    private static PeftModel NewModel(double dropout = 0.0) =>
+        PeftModel.GetPeftModel(new TinyLm(TinyLm.MakeConfig(), seed: 11), new LoraConfig { R = 4, LoraAlpha = 8, LoraDropout = dropout, TargetModules = [LoraConfig.AllLinear] });
 
     private static TrainingOptions Options(string dir) => new()
     {
@@ -33,7 +33,7 @@ public class TrainerTests
         using var scope = NewDisposeScope();
         var lm = NewModel();
         var reports = new List<TrainingProgress>();
-        var trainer = new LoraTrainer(lm, new TrainingOptions { LearningRate = 1e-2, BatchSize = 4, MaxSteps = 30, LoggingSteps = 10, LrScheduler = LrSchedulerType.Constant });
+        var trainer = new Trainer(lm, new TrainingOptions { LearningRate = 1e-2, BatchSize = 4, MaxSteps = 30, LoggingSteps = 10, LrScheduler = LrSchedulerType.Constant });
         var data = Data(8);
         trainer.Train(data, eval: data.Take(4).ToList(), progress: new SyncProgress(reports.Add));
         reports.Select(r => r.Step).Should().Equal(10, 20, 30);
@@ -52,20 +52,20 @@ public class TrainerTests
         var dirB = tempB.Path;
         var data = Data(10);
         var a = NewModel(dropout: 0.1);
-        var ta = new LoraTrainer(a, Options(dirA));
+        var ta = new Trainer(a, Options(dirA));
         ta.Train(data);
         Directory.Exists(Path.Combine(dirA, "checkpoint-5")).Should().BeTrue();
         Directory.Exists(Path.Combine(dirA, "checkpoint-10")).Should().BeTrue();
 
         var b1 = NewModel(dropout: 0.1);
         using var cts = new CancellationTokenSource();
-        var tb1 = new LoraTrainer(b1, Options(dirB));
+        var tb1 = new Trainer(b1, Options(dirB));
         var act = () => tb1.Train(data, progress: new SyncProgress(p => { if (p.Step == 5) cts.Cancel(); }), cancellation: cts.Token);
         act.Should().Throw<OperationCanceledException>();
         tb1.GlobalStep.Should().Be(5);
 
         var b2 = NewModel(dropout: 0.1);
-        var tb2 = new LoraTrainer(b2, Options(dirB));
+        var tb2 = new Trainer(b2, Options(dirB));
         tb2.Train(data, resumeFrom: Path.Combine(dirB, "checkpoint-5"));
         tb2.Losses.Should().HaveCount(10);
         for (int i = 0; i < 10; i++) tb2.Losses[i].Should().BeApproximately(ta.Losses[i], 1e-6);
@@ -85,9 +85,9 @@ public class TrainerTests
         using var scope = NewDisposeScope();
         var data = Enumerable.Range(0, 4).Select(i => new TrainingExample([3 + i, 4 + i], [10 + i, 11 + i, 12 + i])).ToList();
         var o = new TrainingOptions { LearningRate = 1e-2, MaxSteps = 4, Shuffle = false, LrScheduler = LrSchedulerType.Constant };
-        var t1 = new LoraTrainer(NewModel(), o with { BatchSize = 4 });
+        var t1 = new Trainer(NewModel(), o with { BatchSize = 4 });
         t1.Train(data);
-        var t2 = new LoraTrainer(NewModel(), o with { BatchSize = 2, GradientAccumulationSteps = 2 });
+        var t2 = new Trainer(NewModel(), o with { BatchSize = 2, GradientAccumulationSteps = 2 });
         t2.Train(data);
         for (int i = 0; i < 4; i++) t2.Losses[i].Should().BeApproximately(t1.Losses[i], 1e-5);
     }
@@ -97,16 +97,16 @@ public class TrainerTests
     {
         using var scope = NewDisposeScope();
         var lm = NewModel();
-        var act = () => new LoraTrainer(lm, new TrainingOptions { MaxSteps = 1 }).Train([]);
+        var act = () => new Trainer(lm, new TrainingOptions { MaxSteps = 1 }).Train([]);
         act.Should().Throw<ArgumentException>().WithMessage("The training set is empty.*");
-        act = () => new LoraTrainer(lm, new TrainingOptions { MaxSteps = 1, Overlength = OverlengthPolicy.Error }).Train([new TrainingExample(Enumerable.Repeat(5, 60).ToArray(), [6, 7, 8, 9])]);
+        act = () => new Trainer(lm, new TrainingOptions { MaxSteps = 1, Overlength = OverlengthPolicy.Error }).Train([new TrainingExample(Enumerable.Repeat(5, 60).ToArray(), [6, 7, 8, 9])]);
         act.Should().Throw<ArgumentException>().WithMessage("Training example 0 has 65 tokens; the limit is 64*");
-        var trunc = new LoraTrainer(lm, new TrainingOptions { MaxSteps = 1 }).Train([new TrainingExample(Enumerable.Repeat(5, 60).ToArray(), [6, 7, 8, 9])]);
+        var trunc = new Trainer(lm, new TrainingOptions { MaxSteps = 1 }).Train([new TrainingExample(Enumerable.Repeat(5, 60).ToArray(), [6, 7, 8, 9])]);
         trunc.Truncated.Should().Be(1);
 
         using (no_grad()) lm.Layers.Values.First().LoraA("default").fill_(float.NaN);
         var before = lm.Layers.Values.Last().LoraA("default").clone();
-        act = () => new LoraTrainer(lm, new TrainingOptions { MaxSteps = 3 }).Train(Data(4));
+        act = () => new Trainer(lm, new TrainingOptions { MaxSteps = 3 }).Train(Data(4));
         // NaN weights before any update: the message must not blame the learning rate.
         act.Should().Throw<TrainingDivergedException>().WithMessage("Training stopped at step 1: the weight 'transformer.h.0.*lora_A.default.weight' before training is not finite. It was not finite before any update, so the learning rate is not the cause*")
             .Which.Message.Should().NotContain("Lower the learning rate");
@@ -126,13 +126,13 @@ public class TrainerTests
         using var scope = NewDisposeScope();
         // The second case runs the custom autograd function of Precision.Float32Linear in every projection.
         var lm = bfloat16WithFloat32Arithmetic
-            ? LoraModel.Apply(
+            ? PeftModel.GetPeftModel(
                 Lora.Models.ModelLoader.Load(Fixtures.Model("llama"), new() { DType = ScalarType.BFloat16, ComputeDType = ScalarType.Float32 }),
                 new LoraConfig { R = 4, LoraAlpha = 8, TargetModules = [LoraConfig.AllLinear] })
             : NewModel();
         var rss = new Dictionary<int, double>();
         var live = new Dictionary<int, long>();
-        var trainer = new LoraTrainer(lm, new TrainingOptions { LearningRate = 1e-3, BatchSize = 4, MaxSteps = 60, LoggingSteps = 1 });
+        var trainer = new Trainer(lm, new TrainingOptions { LearningRate = 1e-3, BatchSize = 4, MaxSteps = 60, LoggingSteps = 1 });
         trainer.Train(Data(32), progress: new SyncProgress(p =>
         {
             rss[p.Step] = RssMiB();
@@ -148,7 +148,7 @@ public class TrainerTests
     {
         using var scope = NewDisposeScope();
         var lm = NewModel();
-        var trainer = new LoraTrainer(lm, new TrainingOptions { LearningRate = 1e-3, BatchSize = 4, MaxSteps = 2 });
+        var trainer = new Trainer(lm, new TrainingOptions { LearningRate = 1e-3, BatchSize = 4, MaxSteps = 2 });
         trainer.Train(Data(8));
         long before = TorchSharp.DisposeScopeManager.Statistics.ThreadTotalLiveCount;
         trainer.Dispose();
@@ -164,21 +164,21 @@ public class TrainerTests
     {
         using var scope = NewDisposeScope();
         using var temp = new TempFolder();
-        var lm = LoraModel.Apply(new TinyLm(TinyLm.MakeConfig(), seed: 11), new LoraConfig { R = 4, LoraAlpha = 8, Bias = "all", InitLoraWeights = LoraInit.Random });
-        var decay = LoraTrainer.DecayParameters(lm.Model);
+        var lm = PeftModel.GetPeftModel(new TinyLm(TinyLm.MakeConfig(), seed: 11), new LoraConfig { R = 4, LoraAlpha = 8, Bias = "all", InitLoraWeights = LoraInit.Random });
+        var decay = Trainer.DecayParameters(lm.Model);
         var names = lm.Model.named_parameters().Where(p => decay.Contains(p.parameter.Handle)).Select(p => p.name).ToList();
         names.Should().Contain("transformer.h.0.attn.c_attn.lora_A.default.weight").And.NotContain(n => n.EndsWith("bias") || n.Contains("ln_f"));
         foreach (var arch in Fixtures.Architectures)
         {
             using var model = Lora.Models.ModelLoader.Load(Fixtures.Model(arch));
-            var kept = LoraTrainer.DecayParameters(model);
+            var kept = Trainer.DecayParameters(model);
             var decayed = model.named_parameters().Where(p => kept.Contains(p.parameter.Handle)).Select(p => p.name).ToList();
             decayed.Should().NotBeEmpty().And.OnlyContain(n => n.EndsWith(".weight") && !n.Contains("ln_") && !n.Contains("norm"), arch);
         }
 
         var options = new TrainingOptions { LearningRate = 0.01, WeightDecay = 0.1, MaxSteps = 1 };
-        var trainer = new LoraTrainer(lm, options);
-        var optimizer = (TorchSharp.Modules.AdamW)typeof(LoraTrainer).GetField("_optimizer", System.Reflection.BindingFlags.NonPublic | System.Reflection.BindingFlags.Instance)!.GetValue(trainer)!;
+        var trainer = new Trainer(lm, options);
+        var optimizer = (TorchSharp.Modules.AdamW)typeof(Trainer).GetField("_optimizer", System.Reflection.BindingFlags.NonPublic | System.Reflection.BindingFlags.Instance)!.GetValue(trainer)!;
         optimizer.ParamGroups.Count().Should().Be(2);
         var loraA = lm.Layers["transformer.h.0.attn.c_attn"].LoraA("default");
         var bias = lm.TrainableParameters().Single(p => p.Name == "transformer.h.0.attn.c_attn.base_layer.bias").P;
@@ -193,7 +193,7 @@ public class TrainerTests
         bias.allclose(b0, 0, 0).Should().BeTrue();
 
         trainer.SaveCheckpoint(temp.Path, totalSteps: 1);
-        var fresh = new LoraTrainer(LoraModel.Apply(new TinyLm(TinyLm.MakeConfig(), seed: 11), new LoraConfig { R = 4, LoraAlpha = 8, Bias = "all", InitLoraWeights = LoraInit.Random }), options);
+        var fresh = new Trainer(PeftModel.GetPeftModel(new TinyLm(TinyLm.MakeConfig(), seed: 11), new LoraConfig { R = 4, LoraAlpha = 8, Bias = "all", InitLoraWeights = LoraInit.Random }), options);
         fresh.Resume(temp.Path, expectedTotalSteps: 1);
         fresh.GlobalStep.Should().Be(0);
     }

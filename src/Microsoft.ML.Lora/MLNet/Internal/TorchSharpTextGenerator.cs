@@ -9,14 +9,14 @@ namespace Microsoft.ML.Lora.MLNet;
 /// </summary>
 internal sealed class TorchSharpTextGenerator : ITextGenerator
 {
-    private readonly LoraModel _lora;
+    private readonly PeftModel _lora;
     private readonly IBackendTokenizer _tokenizer;
     private readonly LoraCausalLmOptions _options;
     private readonly Generator _generator;
     private TorchSharp.torch.Generator _sampler;
     private bool _disposed;
 
-    public TorchSharpTextGenerator(LoraModel lora, IBackendTokenizer tokenizer, LoraCausalLmOptions options)
+    public TorchSharpTextGenerator(PeftModel lora, IBackendTokenizer tokenizer, LoraCausalLmOptions options)
     {
         _lora = lora;
         _tokenizer = tokenizer;
@@ -37,7 +37,7 @@ internal sealed class TorchSharpTextGenerator : ITextGenerator
         old.Dispose();
     }
 
-    internal LoraModel Model => _lora;
+    internal PeftModel Model => _lora;
 
     public IReadOnlyList<string> Generate(IReadOnlyList<string> prompts, LoraGenerationOptions generation)
     {

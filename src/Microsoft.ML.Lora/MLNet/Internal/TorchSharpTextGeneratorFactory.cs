@@ -7,8 +7,8 @@ namespace Microsoft.ML.Lora.MLNet;
 
 /// <summary>
 /// The TorchSharp backend: loads the base model (<see cref="ModelLoader"/>) and its tokenizer from
-/// <see cref="LoraCausalLmOptions.BaseModelFolder"/>, injects LoRA (<see cref="LoraModel"/>), trains it with
-/// <see cref="LoraTrainer"/> and generates with <see cref="Generation.Generator"/>; adapters are saved and loaded in the PEFT format.
+/// <see cref="LoraCausalLmOptions.BaseModelFolder"/>, injects LoRA (<see cref="PeftModel"/>), trains it with
+/// <see cref="Trainer"/> and generates with <see cref="Generation.Generator"/>; adapters are saved and loaded in the PEFT format.
 /// </summary>
 internal sealed class TorchSharpTextGeneratorFactory : ITextGeneratorFactory
 {
@@ -19,10 +19,10 @@ internal sealed class TorchSharpTextGeneratorFactory : ITextGeneratorFactory
         var model = ModelLoader.Load(options.BaseModelFolder, LoadOptions(options));
         try
         {
-            LoraModel lora;
+            PeftModel lora;
             using (var rng = new Generator((ulong)options.Seed.GetValueOrDefault())) // LoRA A initialisation, this Fit's own generator
             using (Rng.Use(rng))
-                lora = LoraModel.Apply(model, ToLoraConfig(options), warning: control.Warning);
+                lora = PeftModel.GetPeftModel(model, ToLoraConfig(options), warning: control.Warning);
             log(lora.TrainableReport());
 
             var eos = model.Config.EosTokenId ?? tokenizer.EosId;
@@ -76,10 +76,10 @@ internal sealed class TorchSharpTextGeneratorFactory : ITextGeneratorFactory
     }
 
     /// <summary>Trains, then frees the optimizer state before generation needs the memory (device memory on CUDA).</summary>
-    private static TrainerState Run(LoraModel lora, TrainingOptions options, List<TrainingExample> train, List<TrainingExample>? eval,
+    private static TrainerState Run(PeftModel lora, TrainingOptions options, List<TrainingExample> train, List<TrainingExample>? eval,
         TrainingControl control, string? resumeFrom)
     {
-        using var trainer = new LoraTrainer(lora, options);
+        using var trainer = new Trainer(lora, options);
         try
         {
             return trainer.Train(train, eval, new ControlProgress(control), resumeFrom: resumeFrom, checkAlive: control.CheckAlive);

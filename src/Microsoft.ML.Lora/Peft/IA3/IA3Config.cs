@@ -5,8 +5,11 @@ namespace Microsoft.ML.Lora.Peft;
 /// (peft/tuners/ia3/config.py): one learned vector per target scales its output features, or its input features
 /// on the feed-forward targets. The JSON names written to <c>adapter_config.json</c> are PEFT's.
 /// </summary>
-public sealed record IA3Config
+public sealed record IA3Config : PeftConfig
 {
+    /// <inheritdoc/>
+    public override string PeftType => "IA3";
+
     /// <summary>
     /// <c>target_modules</c>: module names matched as PEFT does (the full path equals the name or ends with "." + name).
     /// Null selects PEFT's default for the model type (<see cref="DefaultTargets"/>).
@@ -21,8 +24,6 @@ public sealed record IA3Config
     public bool FanInFanOut { get; init; }
     /// <summary><c>init_ia3_weights</c>: start every vector at 1 (the model equals the base model); false keeps torch.randn values (testing only).</summary>
     public bool InitIA3Weights { get; init; } = true;
-    /// <summary><c>base_model_name_or_path</c> written to adapter_config.json.</summary>
-    public string? BaseModelNameOrPath { get; init; }
 
     /// <summary>PEFT's TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING for the model types this library loads (from the architecture registry).</summary>
     public static IReadOnlyList<string> DefaultTargets(string modelType) => Defaults(modelType).Ia3Targets!;
@@ -35,7 +36,7 @@ public sealed record IA3Config
         : throw new NotSupportedException($"PEFT has no default IA3 target modules for model type '{modelType}'; set IA3Config.TargetModules and FeedforwardModules.");
 
     /// <summary>Throws <see cref="ArgumentException"/> when the fields do not fit together (PEFT's __post_init__ checks).</summary>
-    public void Validate()
+    public override void Validate()
     {
         if (TargetModules is { Count: 0 }) throw new ArgumentException("IA3Config.TargetModules is empty; leave it null for the model type's default or name at least one module.");
         if (TargetModules is { } t && FeedforwardModules is { } ff && ff.Except(t).FirstOrDefault() is { } extra)

@@ -15,8 +15,11 @@ public enum LoraInit
 /// Configuration of a LoRA adapter, with the fields and defaults of PEFT's <c>LoraConfig</c>
 /// (peft/tuners/lora/config.py). The JSON names written to <c>adapter_config.json</c> are PEFT's.
 /// </summary>
-public sealed record LoraConfig
+public sealed record LoraConfig : PeftConfig
 {
+    /// <inheritdoc/>
+    public override string PeftType => "LORA";
+
     /// <summary>The value of <see cref="TargetModules"/> that selects every linear layer except the output layer.</summary>
     public const string AllLinear = "all-linear";
 
@@ -47,8 +50,6 @@ public sealed record LoraConfig
     /// with a warning, when the targets are Conv1D layers.
     /// </summary>
     public bool FanInFanOut { get; init; }
-    /// <summary><c>modules_to_save</c>: modules (suffix-matched) trained in full and saved with the adapter.</summary>
-    public IReadOnlyList<string>? ModulesToSave { get; init; }
     /// <summary><c>use_rslora</c>: scale by alpha / sqrt(r) instead of alpha / r.</summary>
     public bool UseRsLora { get; init; }
     /// <summary>
@@ -74,10 +75,6 @@ public sealed record LoraConfig
     /// m / ‖W + s·B·A‖ (the norm detached), as PEFT's <c>lora/dora.py</c>. Slower per step than plain LoRA.
     /// </summary>
     public bool UseDora { get; init; }
-    /// <summary><c>base_model_name_or_path</c> written to adapter_config.json.</summary>
-    public string? BaseModelNameOrPath { get; init; }
-    /// <summary><c>inference_mode</c> written to adapter_config.json (PEFT writes true when saving).</summary>
-    public bool InferenceMode { get; init; }
 
     /// <summary>The factor applied to B·A.</summary>
     public double Scaling => UseRsLora ? LoraAlpha / Math.Sqrt(R) : LoraAlpha / R;
@@ -104,7 +101,7 @@ public sealed record LoraConfig
         ?? throw new ArgumentException($"{Models.Architecture.NoDefaultTargetsMessage} (PEFT has no default LoRA target modules for model type '{modelType}'): set TargetModules, for example [\"qkv_proj\"] or [\"{AllLinear}\"].");
 
     /// <summary>Throws <see cref="ArgumentException"/> when a field is out of range.</summary>
-    public void Validate()
+    public override void Validate()
     {
         if (R <= 0) throw new ArgumentException($"LoraConfig.R (r) must be a positive integer, got {R}.");
         if (!double.IsFinite(LoraAlpha)) throw new ArgumentException($"LoraConfig.LoraAlpha (lora_alpha) must be finite, got {LoraAlpha}.");

@@ -8,12 +8,13 @@ using static TorchSharp.torch;
 namespace Microsoft.ML.Lora.Training;
 
 /// <summary>
-/// Trains the active adapter of a <see cref="LoraModel"/> as transformers' Trainer does: causal-LM loss, AdamW,
-/// warmup + schedule, gradient accumulation, gradient clipping, checkpoints (checkpoint-N) and resume.
+/// Trains the active adapter of a <see cref="PeftModel"/> (any PEFT method) as transformers' <c>Trainer</c> does:
+/// causal-LM loss, AdamW, warmup + schedule, gradient accumulation, gradient clipping, eval loss, checkpoints
+/// (<c>checkpoint-N</c> folders) and resume. Dispose it to free the optimizer state.
 /// </summary>
-internal sealed class LoraTrainer : IDisposable
+public sealed class Trainer : IDisposable
 {
-    public const string OptimizerFile = "optimizer.pt";
+    internal const string OptimizerFile = "optimizer.pt";
 
     /// <summary>
     /// Steps between <see cref="ReleaseFreedMemory"/> calls. Without them resident memory keeps growing (heap
@@ -22,12 +23,17 @@ internal sealed class LoraTrainer : IDisposable
     /// </summary>
     private const int ReleaseMemoryEverySteps = 10;
 
-    private readonly LoraModel _model;
+    private readonly PeftModel _model;
     private readonly TrainingOptions _o;
     private readonly List<Parameter> _params;
     private readonly AdamW _optimizer;
 
-    public LoraTrainer(LoraModel model, TrainingOptions options)
+    /// <summary>A trainer of <paramref name="model"/>'s active adapter with <paramref name="options"/>.</summary>
+    /// <param name="model">The model; its trainable parameters (the active adapter's) are optimized.</param>
+    /// <param name="options">Optimizer, schedule, batching and checkpoint settings.</param>
+    /// <exception cref="ArgumentException">An option is invalid.</exception>
+    /// <exception cref="InvalidOperationException">The model has no trainable parameters (an adapter loaded without isTrainable).</exception>
+    public Trainer(PeftModel model, TrainingOptions options)
     {
         options.Validate();
         _model = model;
@@ -57,9 +63,13 @@ internal sealed class LoraTrainer : IDisposable
             .Select(p => p.parameter.Handle).ToHashSet();
     }
 
+    /// <summary>Optimizer steps done (transformers' <c>state.global_step</c>).</summary>
     public int GlobalStep { get; private set; }
+    /// <summary>Micro-batches consumed.</summary>
     public long MicroBatches { get; private set; }
+    /// <summary>Learning rate of the last step.</summary>
     public double CurrentLearningRate { get; private set; }
+    /// <summary>Training loss of every step so far (mean over its label tokens).</summary>
     public List<double> Losses { get; } = [];
     /// <summary>The dynamic loss scaler of a float16 model, else null.</summary>
     internal LossScaler? Scaler { get; }
@@ -75,7 +85,7 @@ internal sealed class LoraTrainer : IDisposable
     /// loss is divided by the valid tokens of the whole step, as transformers does with num_items_in_batch.
     /// Returns the step's loss (mean over its valid tokens). Throws when the loss is NaN or infinite.
     /// </summary>
-    public double Step(IReadOnlyList<Batch> microBatches, double lr)
+    internal double Step(IReadOnlyList<Batch> microBatches, double lr)
     {
         SetLr(lr);
         double total = Backward(microBatches);
@@ -103,7 +113,7 @@ internal sealed class LoraTrainer : IDisposable
     }
 
     /// <summary>Forward and backward over the micro-batches, leaving the gradients on the trainable parameters; returns the loss.</summary>
-    public double Backward(IReadOnlyList<Batch> microBatches)
+    internal double Backward(IReadOnlyList<Batch> microBatches)
     {
         long valid = microBatches.Sum(b => b.CountLabelTokens()); // the collator's count: no device sync
         if (valid == 0) throw new InvalidOperationException($"Step {GlobalStep + 1}: the batch has no label tokens (all -100); nothing to learn from.");
@@ -116,7 +126,7 @@ internal sealed class LoraTrainer : IDisposable
         foreach (var b in microBatches)
         {
             using var scope = NewDisposeScope();
-            var logits = _model.Model.Forward(b.InputIds, b.AttentionMask);
+            var logits = _model.Forward(b.InputIds, b.AttentionMask);
             var (sum, _) = CausalLmLoss.Sum(logits, b.Labels);
             var loss = sum.div(valid);
             double value = loss.item<float>();
@@ -139,7 +149,7 @@ internal sealed class LoraTrainer : IDisposable
     /// undisposed wrapper per parameter for the finalizer, so the old gradients outlive each step; reading
     /// <c>p.grad</c> makes a new wrapper that is disposed here.
     /// </summary>
-    public void ZeroGrad()
+    internal void ZeroGrad()
     {
         foreach (var p in _params)
         {
@@ -149,7 +159,7 @@ internal sealed class LoraTrainer : IDisposable
     }
 
     /// <summary>Mean loss over all label tokens of <paramref name="examples"/>.</summary>
-    public double Evaluate(IReadOnlyList<(int[] Ids, long[] Labels)> examples, Collator collator)
+    internal double Evaluate(IReadOnlyList<(int[] Ids, long[] Labels)> examples, Collator collator)
     {
         _model.Model.eval();
         double sum = 0; long count = 0;
@@ -158,7 +168,7 @@ internal sealed class LoraTrainer : IDisposable
             {
                 using var scope = NewDisposeScope();
                 using var b = collator.Collate(examples.Skip(i).Take(_o.BatchSize).ToList(), _model.Model.Device);
-                var (s, c) = CausalLmLoss.Sum(_model.Model.Forward(b.InputIds, b.AttentionMask), b.Labels);
+                var (s, c) = CausalLmLoss.Sum(_model.Forward(b.InputIds, b.AttentionMask), b.Labels);
                 sum += s.item<float>(); count += c;
             }
         _model.Model.train();
@@ -171,6 +181,14 @@ internal sealed class LoraTrainer : IDisposable
     /// <paramref name="checkAlive"/> runs (it may throw <see cref="OperationCanceledException"/>, as ML.NET's
     /// Host.CheckAlive does), so a cancelled run stops within one step, with the adapter of the last finished step.
     /// </summary>
+    /// <param name="train">The training examples.</param>
+    /// <param name="eval">Examples whose mean loss is reported every <see cref="TrainingOptions.EvalSteps"/> steps and at the end; null for none.</param>
+    /// <param name="progress">Receives a <see cref="TrainingProgress"/> every <see cref="TrainingOptions.LoggingSteps"/> steps, at evaluations and at the end.</param>
+    /// <param name="cancellation">Stops training between steps (<see cref="OperationCanceledException"/>); checkpoints already written stay.</param>
+    /// <param name="resumeFrom">A checkpoint folder to resume from, or null.</param>
+    /// <param name="checkAlive">Runs before each step and may throw <see cref="OperationCanceledException"/>; null for none.</param>
+    /// <returns>Where the run ended (steps, loss history).</returns>
+    /// <exception cref="TrainingDivergedException">The loss became NaN or infinite; the adapter was left as it was before that step.</exception>
     public TrainerState Train(IReadOnlyList<TrainingExample> train, IReadOnlyList<TrainingExample>? eval = null,
         IProgress<TrainingProgress>? progress = null, CancellationToken cancellation = default, string? resumeFrom = null,
         Action? checkAlive = null)
@@ -342,7 +360,7 @@ internal sealed class LoraTrainer : IDisposable
     /// swap (<see cref="AtomicFolder"/>): re-saving an existing checkpoint-N keeps the old or the new one whole at
     /// every instant, and leftovers of killed saves are removed.
     /// </summary>
-    public void SaveCheckpoint(string folder, int totalSteps, int truncated = 0) => AtomicFolder.Write(folder, tmp =>
+    internal void SaveCheckpoint(string folder, int totalSteps, int truncated = 0) => AtomicFolder.Write(folder, tmp =>
     {
         PeftAdapterIO.Save(_model, tmp);
         _optimizer.save_state_dict(Path.Combine(tmp, OptimizerFile));
@@ -350,7 +368,7 @@ internal sealed class LoraTrainer : IDisposable
     });
 
     /// <summary>Loads adapter weights, optimizer state and position from a checkpoint folder.</summary>
-    public void Resume(string folder, int? expectedTotalSteps = null)
+    internal void Resume(string folder, int? expectedTotalSteps = null)
     {
         AtomicFolder.Recover(folder);
         var state = TrainerState.Read(folder);
@@ -372,16 +390,18 @@ internal sealed class LoraTrainer : IDisposable
 /// Thrown at the first non-finite value of a run: the loss, the gradient norm (before clipping), or a trainable
 /// weight (before training, or after an update); the message says which, at which step, and what to do.
 /// </summary>
-internal sealed class TrainingDivergedException(int step, string what, double value, string advice, bool adapterChanged = false)
+public sealed class TrainingDivergedException(int step, string what, double value, string advice, bool adapterChanged = false)
     : InvalidOperationException($"Training stopped at step {step}: the {what} is {(double.IsNaN(value) ? "not finite" : value.ToString(System.Globalization.CultureInfo.InvariantCulture))}. {advice} " +
         (adapterChanged ? "The adapter in memory is unusable; the last checkpoint was left unchanged." : "The adapter and the last checkpoint were left unchanged."))
 {
     internal const string LearningRateAdvice = "Lower the learning rate, enable gradient clipping (MaxGradNorm) or check the data.";
 
+    /// <summary>The step at which training stopped (1-based).</summary>
     public int Step { get; } = step;
 
     /// <summary>"loss", "gradient norm" or "weight '...' ...".</summary>
     public string What { get; } = what;
 
+    /// <summary>The non-finite value (or the value that made it so).</summary>
     public double Value { get; } = value;
 }

@@ -1,0 +1,283 @@
+using System.Globalization;
+using Microsoft.ML.Lora.Models;
+using Microsoft.ML.Lora.Models.Layers;
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+using Embedding = Microsoft.ML.Lora.Models.Layers.Embedding;
+
+namespace Microsoft.ML.Lora.Peft;
+
+/// <summary>
+/// The LoRA tuner (PEFT's tuners/lora/model.py LoraModel): the first adapter wraps its targets in
+/// <see cref="LoraLinear"/> in place; later adapters are added to the same layers. <see cref="PeftModel"/> holds it.
+/// </summary>
+internal sealed class LoraModel(CausalLm model) : IPeftTuner
+{
+    private readonly Dictionary<string, LoraConfig> _configs = new();
+    private readonly Dictionary<string, LoraLinear> _layers = new();
+
+    /// <inheritdoc/>
+    public CausalLm Model { get; } = model;
+    /// <summary>Wrapped layers by module path (the path of the original linear).</summary>
+    public IReadOnlyDictionary<string, LoraLinear> Layers => _layers;
+    /// <summary>Wrapped embeddings by module path (PEFT's LoRA Embedding layer).</summary>
+    public IReadOnlyDictionary<string, LoraEmbedding> Embeddings => _embeddings;
+    private readonly Dictionary<string, LoraEmbedding> _embeddings = new();
+    /// <summary>The configs of the adapters, as kept (fan_in_fan_out completed).</summary>
+    public IReadOnlyDictionary<string, LoraConfig> Configs => _configs;
+
+    /// <summary>Names of the linear layers of <paramref name="model"/> (what target_modules can match).</summary>
+    public static List<(string Path, ILinear Linear)> LinearModules(nn.Module model) =>
+        model.named_modules().Where(m => m.module is ILinear && m.module is not LoraLinear && !m.name.Contains(".base_layer", StringComparison.Ordinal) && !m.name.StartsWith("base_layer", StringComparison.Ordinal))
+            .Select(m => (m.name, (ILinear)m.module)).ToList();
+
+    /// <summary>The paths <paramref name="config"/> selects on a model with these linear paths.</summary>
+    public static List<string> SelectTargets(IEnumerable<string> linearPaths, LoraConfig config, string modelType)
+    {
+        var paths = linearPaths.ToList();
+        return Select(paths, paths, config, modelType).Targets;
+    }
+
+    /// <summary>
+    /// PEFT's target selection over the module paths of a model: the default targets of the model type when none are
+    /// given, "all-linear" resolved to the linear paths (lm_head excepted), then <see cref="LoraTargets.IsTarget"/>.
+    /// Returns the config as it is saved (targets resolved) and the selected paths.
+    /// </summary>
+    public static (LoraConfig Config, List<string> Targets) Select(IReadOnlyList<string> modulePaths, IReadOnlyList<string> linearPaths, LoraConfig config, string modelType)
+    {
+        config.Validate();
+        if (config.TargetModules is null && config.TargetModulesRegex is null) config = config with { TargetModules = LoraConfig.DefaultTargets(modelType) };
+        config = LoraTargets.ResolveAllLinear(config, linearPaths);
+        var selected = modulePaths.Where(p => p.Length > 0 && LoraTargets.IsTarget(config, p)).ToList();
+        if (selected.Count == 0)
+        {
+            var names = linearPaths.Select(p => System.Text.RegularExpressions.Regex.Replace(p, @"\.\d+\.", ".N.")).Distinct();
+            var targets = config.TargetModulesRegex is { } regex ? $"'{regex}' (a regular expression matched against the whole path)" : $"[{string.Join(", ", config.TargetModules!)}]";
+            throw new ArgumentException(
+                $"Target modules {targets} not found in the {modelType} model" +
+                (config.LayersToTransform is null ? "" : $" (layers_to_transform [{string.Join(", ", config.LayersToTransform)}]" +
+                    (config.LayersPattern is null ? ")" : $", layers_pattern [{string.Join(", ", config.LayersPattern)}])")) +
+                $". Its linear modules are: {string.Join(", ", names)}.");
+        }
+        return (config, selected);
+    }
+
+    /// <summary>Module paths of <paramref name="model"/> that target_modules can match (none inside an adapter wrapper).</summary>
+    private static List<(string Path, nn.Module Module)> CandidateModules(nn.Module model) =>
+        model.named_modules().Where(m => m.name.Length > 0 && !m.name.Contains("base_layer", StringComparison.Ordinal)
+                && !m.name.Contains("lora_", StringComparison.Ordinal) && !ModulesToSaveWrapper.IsInside(m.name))
+            .Select(m => (m.name, m.module)).ToList();
+
+    /// <summary>
+    /// Adds adapter <paramref name="name"/>. The first wraps the targets of its config (get_peft_model); later ones are
+    /// added to the same layers. With <paramref name="autocastAdapterDtype"/> (PEFT's default) the adapter weights of a
+    /// bfloat16 or float16 model are float32, so the optimizer updates full-precision weights while the base stays in
+    /// half precision.
+    /// </summary>
+    public PeftConfig AddAdapter(string name, PeftConfig peftConfig, bool autocastAdapterDtype, Action<string> warning)
+    {
+        using var rng = Training.Rng.UseDefaultUnlessInstalled(); // the init depends on a seed, never on torch's global generator
+        if (peftConfig is not LoraConfig config) throw new ArgumentException($"The LoRA tuner takes a LoraConfig, got {peftConfig.GetType().Name}.");
+        if (_configs.ContainsKey(name)) throw new ArgumentException($"Adapter '{name}' already exists.");
+        if (_layers.Count == 0 && _embeddings.Count == 0) config = Inject(name, config, autocastAdapterDtype, warning);
+        else
+        {
+            // Later adapters go on the same layers; their saved target_modules are the model type's default when none are given.
+            if (config.TargetModules is null && config.TargetModulesRegex is null) config = config with { TargetModules = LoraConfig.DefaultTargets(Model.Config.ModelType) };
+            config = config with { FanInFanOut = config.FanInFanOut || _layers.Values.Any(l => l.FanInFanOut) };
+            foreach (var (path, l) in _layers) { var active = l.ActiveAdapter; l.AddAdapter(name, config.ForModule(path), autocastAdapterDtype); l.ActiveAdapter = active; }
+            foreach (var (path, e) in _embeddings) { var active = e.ActiveAdapter; e.AddAdapter(name, config.ForModule(path), autocastAdapterDtype); e.ActiveAdapter = active; }
+        }
+        _configs[name] = config;
+        return config;
+    }
+
+    private LoraConfig Inject(string adapterName, LoraConfig config, bool autocastAdapterDtype, Action<string> warning)
+    {
+        var model = Model;
+        var modules = CandidateModules(model);
+        var linears = LinearModules(model);
+        RefuseTiedHead(model, config with { TargetModules = config.TargetModules ?? (config.TargetModulesRegex is null ? LoraConfig.DefaultTargets(model.Config.ModelType) : null) }, modules);
+        (config, var targets) = Select([.. modules.Select(m => m.Path)], [.. linears.Select(l => l.Path)], config, model.Config.ModelType);
+        var byPath = modules.ToDictionary(m => m.Path, m => m.Module);
+        foreach (var t in targets)
+            if (byPath[t] is not (ILinear or Embedding))
+                throw new NotSupportedException($"Target module '{t}' is a {byPath[t].GetName()}; LoRA adapts linear layers (Linear, Conv1D) and embeddings, as PEFT. " +
+                    "Name the layers inside it instead (set TargetModules).");
+        if (!config.FanInFanOut && targets.Any(t => byPath[t] is ILinear { FanInFanOut: true }))
+        {
+            warning("fan_in_fan_out is set to False but the target module is `Conv1D`. Setting fan_in_fan_out to True.");
+            config = config with { FanInFanOut = true };
+        }
+        foreach (var path in targets.Where(t => byPath[t] is Embedding))
+        {
+            var wrapper = new LoraEmbedding((Embedding)byPath[path], EmbeddingPaddingIdx(model.Config));
+            try { ModuleSurgery.Replace(model, path, wrapper); }
+            catch (InvalidOperationException e)
+            { throw new NotSupportedException($"Target module '{path}': LoRA on the embedding of a {model.Config.ModelType} model is not supported ({e.Message})", e); }
+            wrapper.AddAdapter(adapterName, config.ForModule(path), autocastAdapterDtype);
+            _embeddings[path] = wrapper;
+        }
+        foreach (var path in targets.Where(t => byPath[t] is ILinear))
+        {
+            var original = (nn.Module<Tensor, Tensor>)ModuleSurgery.Get(model, path);
+            var wrapper = new LoraLinear(original);
+            ModuleSurgery.Replace(model, path, wrapper);
+            wrapper.AddAdapter(adapterName, config.ForModule(path), autocastAdapterDtype);
+            _layers[path] = wrapper;
+        }
+        return config;
+    }
+
+    /// <summary>
+    /// The padding_idx transformers gives the input embedding: pad_token_id for the LLaMA-style models, none for GPT-2 and
+    /// BLOOM. The LoRA lookup of that row gets no gradient (F.embedding with padding_idx).
+    /// </summary>
+    private static long? EmbeddingPaddingIdx(ModelConfig c) => c.ModelType is "gpt2" or "bloom" ? null : c.PadTokenId;
+
+    /// <summary>A target that names lm_head on a model whose head is the input embedding is refused: there is no separate layer.</summary>
+    private static void RefuseTiedHead(CausalLm model, LoraConfig config, List<(string Path, nn.Module Module)> modules)
+    {
+        if (modules.Any(m => m.Path == "lm_head") || !model.Config.TieWordEmbeddings || config.TargetModules is null && config.TargetModulesRegex is null) return;
+        if (config.IsAllLinear || !LoraTargets.IsTarget(config, "lm_head")) return;
+        throw new NotSupportedException($"Target module 'lm_head' cannot be adapted: the {model.Config.ModelType} model ties lm_head to its input embedding " +
+            "(tie_word_embeddings: true), so the output layer is not a module of its own and a LoRA on it would also change the input embedding. " +
+            "Remove lm_head from the target modules.");
+    }
+
+    /// <inheritdoc/>
+    public void DeleteAdapter(string name)
+    {
+        foreach (var l in _layers.Values) l.DeleteAdapter(name);
+        foreach (var e in _embeddings.Values) e.DeleteAdapter(name);
+        _configs.Remove(name);
+    }
+
+    /// <inheritdoc/>
+    public void SetAdapter(string name)
+    {
+        foreach (var l in _layers.Values) l.ActiveAdapter = name;
+        foreach (var e in _embeddings.Values) e.ActiveAdapter = name;
+    }
+
+    /// <inheritdoc/>
+    public bool AdaptersDisabled
+    {
+        set
+        {
+            foreach (var l in _layers.Values) l.AdaptersDisabled = value;
+            foreach (var e in _embeddings.Values) e.AdaptersDisabled = value;
+        }
+    }
+
+    /// <summary>A and B of the adapter (and DoRA's magnitude), and the biases its bias mode trains (PEFT's _mark_only_adapters_as_trainable).</summary>
+    public IEnumerable<Parameter> TrainableParameters(string adapter)
+    {
+        var config = _configs[adapter];
+        foreach (var l in _layers.Values)
+        {
+            yield return l.LoraA(adapter);
+            yield return l.LoraB(adapter);
+            if (l.Magnitude(adapter) is { } m) yield return m; // DoRA
+        }
+        foreach (var e in _embeddings.Values)
+        {
+            yield return e.LoraA(adapter);
+            yield return e.LoraB(adapter);
+        }
+        if (config.Bias == "all")
+        {
+            foreach (var (name, p) in Model.named_parameters())
+                if (name.EndsWith("bias", StringComparison.Ordinal) && !ModulesToSaveWrapper.IsInside(name)) yield return p;
+        }
+        else if (config.Bias == "lora_only")
+            foreach (var l in _layers.Values) if (l.bias is { } b) yield return b;
+    }
+
+    /// <inheritdoc/>
+    public SortedDictionary<string, Tensor> StateDict(string adapter)
+    {
+        const string Prefix = PeftAdapterIO.Prefix;
+        var config = _configs[adapter];
+        var dict = new SortedDictionary<string, Tensor>(StringComparer.Ordinal);
+        foreach (var (path, l) in _layers)
+        {
+            dict[$"{Prefix}{path}.lora_A.weight"] = l.LoraA(adapter);
+            dict[$"{Prefix}{path}.lora_B.weight"] = l.LoraB(adapter);
+            if (l.Magnitude(adapter) is { } m) dict[$"{Prefix}{path}.lora_magnitude_vector"] = m; // PEFT drops ".weight" here
+        }
+        foreach (var (path, e) in _embeddings)
+        {
+            // Parameters, not modules: PEFT's keys have no ".weight".
+            dict[$"{Prefix}{path}.lora_embedding_A"] = e.LoraA(adapter);
+            dict[$"{Prefix}{path}.lora_embedding_B"] = e.LoraB(adapter);
+        }
+        foreach (var (key, weight) in EmbeddingLayers(config)) dict[key] = weight;
+        // bias="all": every parameter with "bias" in its name. bias="lora_only" trains the adapted layers' biases but
+        // saves none of them: PEFT 0.18 looks for "<layer>.bias" while the wrapped bias is "<layer>.base_layer.bias".
+        if (config.Bias == "all")
+            foreach (var (n, p) in PeftModel.DistinctParameters(Model))
+                if (n.Contains("bias", StringComparison.Ordinal) && !ModulesToSaveWrapper.IsInside(n))
+                    dict[Prefix + n] = p;
+        return dict;
+    }
+
+    /// <inheritdoc/>
+    public System.Text.Json.Nodes.JsonObject ConfigJson(string adapter)
+    {
+        var config = _configs[adapter];
+        return LoraConfigJson.Write(config, LoraConfigJson.SavedTargets(config, _layers.Keys.Concat(_embeddings.Keys)));
+    }
+
+    /// <summary>
+    /// PEFT's save_embedding_layers="auto": when target_modules names embed_tokens or lm_head (the exact names, or a regex
+    /// that matches such a module), the full base matrix of the adapted input embedding and of an adapted lm_head is saved
+    /// too, under <c>...embed_tokens.base_layer.weight</c> / <c>...lm_head.base_layer.weight</c>.
+    /// </summary>
+    private IEnumerable<(string Key, Tensor Weight)> EmbeddingLayers(LoraConfig config)
+    {
+        const string Prefix = PeftAdapterIO.Prefix;
+        string[] names = ["embed_tokens", "lm_head"];
+        bool targeted = config.TargetModulesRegex is { } regex && !config.IsAllLinear
+            ? _layers.Keys.Concat(_embeddings.Keys).Any(p => names.Any(n => LoraConfig.SuffixMatch(p, n)) && LoraTargets.FullMatch(regex, p))
+            : (config.TargetModules ?? []).Any(t => names.Contains(t));
+        if (!targeted) yield break;
+        // The input embedding is the model's first embedding (embed_tokens, wte, word_embeddings); the output one is lm_head.
+        var input = Model.named_modules().FirstOrDefault(m => m.module is LoraEmbedding || m.module is Embedding).name;
+        if (input is not null && _embeddings.TryGetValue(input, out var e)) yield return ($"{Prefix}{input}.base_layer.weight", e.weight);
+        if (_layers.TryGetValue("lm_head", out var head)) yield return ($"{Prefix}lm_head.base_layer.weight", head.weight);
+    }
+
+    /// <inheritdoc/>
+    public void Merge(string adapter)
+    {
+        foreach (var l in _layers.Values) l.Merge(adapter);
+        foreach (var e in _embeddings.Values) e.Merge(adapter);
+    }
+
+    /// <inheritdoc/>
+    public void Unmerge()
+    {
+        foreach (var l in _layers.Values) l.Unmerge();
+        foreach (var e in _embeddings.Values) e.Unmerge();
+    }
+
+    /// <summary>Merges adapter <paramref name="mergeName"/> (when given) into the base weights and puts the original linears back (PEFT's merge_and_unload / unload).</summary>
+    public void Unload(string? mergeName)
+    {
+        foreach (var (path, l) in _layers)
+        {
+            if (mergeName is not null) l.Merge(mergeName);
+            ModuleSurgery.Replace(Model, path, l.BaseLayer);
+        }
+        foreach (var (path, e) in _embeddings)
+        {
+            if (mergeName is not null) e.Merge(mergeName);
+            ModuleSurgery.Replace(Model, path, e.BaseLayer);
+        }
+        _layers.Clear();
+        _embeddings.Clear();
+        _configs.Clear();
+    }
+}
