@@ -3,6 +3,7 @@ using TorchSharp;
 using TorchSharp.Modules;
 using LayerNorm = Microsoft.ML.Lora.Models.Layers.LayerNorm;
 using static TorchSharp.torch;
+using Embedding = Microsoft.ML.Lora.Models.Layers.Embedding;
 using Microsoft.ML.Lora.Models.Layers;
 using Linear = Microsoft.ML.Lora.Models.Layers.Linear;
 
@@ -120,7 +121,7 @@ internal sealed class BloomModel : nn.Module
     public BloomModel(ModelConfig c) : base("BloomModel")
     {
         _heads = c.NumHeads;
-        word_embeddings = nn.Embedding(c.VocabSize, c.HiddenSize);
+        word_embeddings = new Embedding(c.VocabSize, c.HiddenSize);
         word_embeddings_layernorm = new LayerNorm(c.HiddenSize, c.NormEpsilon);
         h = new ModuleList<BloomBlock>([.. Enumerable.Range(0, c.NumLayers).Select(_ => new BloomBlock(c))]);
         ln_f = new LayerNorm(c.HiddenSize, c.NormEpsilon);
@@ -140,7 +141,7 @@ internal sealed class BloomModel : nn.Module
 }
 
 /// <summary>x + attn(input_layernorm(x)), then x + mlp(post_attention_layernorm(x)).</summary>
-internal sealed class BloomBlock : nn.Module
+internal sealed class BloomBlock : GradientCheckpointingLayer
 {
     internal LayerNorm input_layernorm;
     internal BloomAttention self_attention;
@@ -159,13 +160,13 @@ internal sealed class BloomBlock : nn.Module
     }
 
     /// <summary>x: (batch, seq, hidden) → (batch, seq, hidden).</summary>
-    public Tensor forward(Tensor x, Tensor bias, KvCache? cache, int layer)
+    public Tensor forward(Tensor x, Tensor bias, KvCache? cache, int layer) => Checkpointed(x, cache, x =>
     {
         var normed = input_layernorm.forward(x);
         var attended = self_attention.forward(normed, bias, cache, layer) + (_residualPostNorm ? normed : x);
         normed = post_attention_layernorm.forward(attended);
         return mlp.forward(normed) + (_residualPostNorm ? normed : attended);
-    }
+    });
 }
 
 /// <summary>query_key_value laid out per head ([B, T, H, 3, D]) and dense.</summary>

@@ -4,6 +4,7 @@ using TorchSharp;
 using TorchSharp.Modules;
 using LayerNorm = Microsoft.ML.Lora.Models.Layers.LayerNorm;
 using static TorchSharp.torch;
+using Embedding = Microsoft.ML.Lora.Models.Layers.Embedding;
 
 namespace Microsoft.ML.Lora.Models;
 
@@ -99,8 +100,8 @@ internal sealed class Gpt2Model : nn.Module
 
     public Gpt2Model(ModelConfig c) : base("GPT2Model")
     {
-        wte = nn.Embedding(c.VocabSize, c.HiddenSize);
-        wpe = nn.Embedding(c.MaxPositionEmbeddings, c.HiddenSize);
+        wte = new Embedding(c.VocabSize, c.HiddenSize);
+        wpe = new Embedding(c.MaxPositionEmbeddings, c.HiddenSize);
         h = new ModuleList<Gpt2Block>([.. Enumerable.Range(0, c.NumLayers).Select(_ => new Gpt2Block(c))]);
         ln_f = new LayerNorm(c.HiddenSize, c.NormEpsilon);
         RegisterComponents();
@@ -120,7 +121,7 @@ internal sealed class Gpt2Model : nn.Module
 }
 
 /// <summary>x + attn(ln_1(x)), then x + mlp(ln_2(x)).</summary>
-internal sealed class Gpt2Block : nn.Module
+internal sealed class Gpt2Block : GradientCheckpointingLayer
 {
     internal LayerNorm ln_1;
     internal Gpt2Attention attn;
@@ -137,11 +138,11 @@ internal sealed class Gpt2Block : nn.Module
     }
 
     /// <summary>x: (batch, seq, hidden) → (batch, seq, hidden).</summary>
-    public Tensor forward(Tensor x, Tensor mask, KvCache? cache, int layer)
+    public Tensor forward(Tensor x, Tensor mask, KvCache? cache, int layer) => Checkpointed(x, cache, x =>
     {
         x = x + attn.forward(ln_1.forward(x), mask, cache, layer);
         return x + mlp.forward(ln_2.forward(x));
-    }
+    });
 }
 
 /// <summary>Fused c_attn (q, k, v concatenated along the output) and c_proj.</summary>

@@ -3,6 +3,7 @@ using Microsoft.ML.Lora.Generation;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
+using Embedding = Microsoft.ML.Lora.Models.Layers.Embedding;
 using Microsoft.ML.Lora.Models.Layers;
 using Linear = Microsoft.ML.Lora.Models.Layers.Linear;
 
@@ -142,7 +143,7 @@ internal sealed class LlamaModel : nn.Module
 
     public LlamaModel(ModelConfig c, LlamaParts parts) : base("LlamaModel")
     {
-        embed_tokens = nn.Embedding(c.VocabSize, c.HiddenSize);
+        embed_tokens = new Embedding(c.VocabSize, c.HiddenSize);
         layers = new ModuleList<LlamaDecoderLayer>([.. Enumerable.Range(0, c.NumLayers).Select(_ => new LlamaDecoderLayer(c, parts))]);
         norm = new RmsNorm(c.HiddenSize, c.NormEpsilon);
         _rotary = new RotaryFrequencies(c);
@@ -160,7 +161,7 @@ internal sealed class LlamaModel : nn.Module
 }
 
 /// <summary>x + self_attn(input_layernorm(x)), then x + mlp(post_attention_layernorm(x)).</summary>
-internal sealed class LlamaDecoderLayer : nn.Module
+internal sealed class LlamaDecoderLayer : GradientCheckpointingLayer
 {
     internal RmsNorm input_layernorm;
     internal RotaryAttention self_attn;
@@ -177,11 +178,11 @@ internal sealed class LlamaDecoderLayer : nn.Module
     }
 
     /// <summary>x: (batch, seq, hidden) → (batch, seq, hidden).</summary>
-    public Tensor forward(Tensor x, Tensor bias, Tensor cos, Tensor sin, KvCache? cache, int layer)
+    public Tensor forward(Tensor x, Tensor bias, Tensor cos, Tensor sin, KvCache? cache, int layer) => Checkpointed(x, cache, x =>
     {
         x = x + self_attn.forward(input_layernorm.forward(x), bias, cos, sin, cache, layer);
         return x + mlp.forward(post_attention_layernorm.forward(x));
-    }
+    });
 }
 
 /// <summary>q_proj, k_proj, v_proj (kv heads may be fewer: GQA), o_proj.</summary>

@@ -4,6 +4,7 @@ using TorchSharp;
 using TorchSharp.Modules;
 using LayerNorm = TorchSharp.Modules.LayerNorm;
 using Linear = Microsoft.ML.Lora.Models.Layers.Linear;
+using Embedding = TorchSharp.Modules.Embedding;
 using static TorchSharp.torch;
 
 namespace Microsoft.ML.Lora.Tests.Peft;
