@@ -75,7 +75,11 @@ internal sealed class CheckpointFolder : IDisposable
 
     public SafeTensorInfo Info(string name) => _byTensor[name].Info(name);
 
+    /// <summary>A new tensor of <paramref name="name"/>, converted straight from the file (<see cref="SafeTensorsFile.Load"/>).</summary>
     public Tensor Load(string name, ScalarType? dtype = null, Device? device = null) => _byTensor[name].Load(name, dtype, device);
+
+    /// <summary>Tensor <paramref name="name"/> over the memory-mapped file, without a copy (<see cref="SafeTensorsFile.Map"/>).</summary>
+    public Tensor Map(string name) => _byTensor[name].Map(name);
 
     public void Dispose()
     {

@@ -83,30 +83,109 @@ public sealed class SafeTensorsFile : IDisposable
         return bytes;
     }
 
-    /// <summary>Loads a tensor on the CPU in its stored dtype, then converts to <paramref name="dtype"/> and moves it to <paramref name="device"/> when given.</summary>
-    public unsafe Tensor Load(string name, ScalarType? dtype = null, Device? device = null)
+    /// <summary>
+    /// A new tensor of <paramref name="name"/> in <paramref name="dtype"/> (default: its stored dtype) on
+    /// <paramref name="device"/> (default: the CPU), converted straight from the file's bytes: no intermediate copy in
+    /// the stored dtype, and the pages read are released again (a transient mapping), so loading a whole checkpoint this
+    /// way holds each tensor once, in its target dtype.
+    /// </summary>
+    public Tensor Load(string name, ScalarType? dtype = null, Device? device = null)
     {
         var info = Info(name);
-        var tensor = empty(info.Shape, info.DType.ToScalarType());
-        if (info.ByteLength > 0)
+        var target = empty(info.Shape, dtype ?? info.DType.ToScalarType(), device: device);
+        if (info.ByteLength == 0) return target;
+        try
         {
-            byte* source = null;
-            _view.SafeMemoryMappedViewHandle.AcquirePointer(ref source);
-            try
+            if (!IsAligned(info))
             {
-                source += _view.PointerOffset + _dataStart + info.Begin;
-                Buffer.MemoryCopy(source, (void*)Native.TorchNative.DataPointer(tensor), info.ByteLength, info.ByteLength);
+                using var bytes = CopyBytes(info);
+                target.copy_(bytes);
+                return target;
             }
-            finally { _view.SafeMemoryMappedViewHandle.ReleasePointer(); }
+            // In pieces of at most 64 MiB, each through its own mapping, unmapped right after: the file's pages are
+            // never resident beside the converted tensor for more than one piece.
+            long size = info.DType.ElementSize(), count = info.ByteLength / size, first = (_dataStart + info.Begin) / size;
+            long chunk = Math.Max(1, (64L << 20) / size);
+            using var flat = target.view(-1);
+            for (long i = 0; i < count; i += chunk)
+            {
+                long n = Math.Min(chunk, count - i);
+                using var mapping = MapFile(info.DType.ToScalarType());
+                using var piece = mapping.narrow(0, first + i, n);
+                using var into = flat.narrow(0, i, n);
+                into.copy_(piece);
+            }
+            return target;
         }
-        if (dtype is { } d && d != tensor.dtype) tensor = tensor.to_type(d);
-        if (device is not null && device.type != DeviceType.CPU) tensor = tensor.to(device);
+        catch
+        {
+            target.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>
+    /// Tensor <paramref name="name"/> as it is stored, over the memory-mapped file itself: no copy, no memory until its
+    /// pages are read, as transformers loads safetensors. The mapping is private (copy-on-write): writes to the tensor
+    /// (a LoRA merge) never reach the file. It outlives this object for as long as the tensor does. A tensor whose bytes
+    /// are not aligned to its element size is copied instead.
+    /// </summary>
+    public Tensor Map(string name)
+    {
+        var info = Info(name);
+        if (info.ByteLength == 0 || !IsAligned(info)) return Load(name);
+        var dtype = info.DType.ToScalarType();
+        lock (_mapped)
+        {
+            if (!_mapped.TryGetValue(dtype, out var mapping)) _mapped[dtype] = mapping = MapFile(dtype);
+            return View(mapping, info);
+        }
+    }
+
+    private readonly Dictionary<ScalarType, Tensor> _mapped = [];
+
+    private bool IsAligned(SafeTensorInfo info) => (_dataStart + info.Begin) % info.DType.ElementSize() == 0;
+
+    /// <summary>The whole file as a 1-D tensor of <paramref name="dtype"/>, memory-mapped privately (torch.from_file, shared=False).</summary>
+    private Tensor MapFile(ScalarType dtype)
+    {
+        long length; // of the file itself, also when Path is a symbolic link (a hub cache snapshot)
+        using (var handle = File.OpenHandle(Path)) length = RandomAccess.GetLength(handle);
+        return from_file(Path, shared: false, size: length / _elementSizes[dtype], dtype: dtype);
+    }
+
+    private static readonly Dictionary<ScalarType, long> _elementSizes = Enum.GetValues<SafeTensorsDType>()
+        .ToDictionary(d => d.ToScalarType(), d => (long)d.ElementSize());
+
+    private Tensor View(Tensor mapping, SafeTensorInfo info)
+    {
+        long size = info.DType.ElementSize();
+        return mapping.narrow(0, (_dataStart + info.Begin) / size, info.ByteLength / size).view(info.Shape);
+    }
+
+    private unsafe Tensor CopyBytes(SafeTensorInfo info)
+    {
+        var tensor = empty(info.Shape, info.DType.ToScalarType());
+        byte* source = null;
+        _view.SafeMemoryMappedViewHandle.AcquirePointer(ref source);
+        try
+        {
+            source += _view.PointerOffset + _dataStart + info.Begin;
+            Buffer.MemoryCopy(source, (void*)Native.TorchNative.DataPointer(tensor), info.ByteLength, info.ByteLength);
+        }
+        finally { _view.SafeMemoryMappedViewHandle.ReleasePointer(); }
         return tensor;
     }
 
     /// <inheritdoc />
     public void Dispose()
     {
+        lock (_mapped)
+        {
+            // Tensors handed out by Map keep their part of the mapping alive on their own.
+            foreach (var m in _mapped.Values) m.Dispose();
+            _mapped.Clear();
+        }
         _view.Dispose();
         _map.Dispose();
     }

@@ -57,7 +57,7 @@ internal sealed class Generator(CausalLm model)
     public IReadOnlyList<IReadOnlyList<int>> Generate(IReadOnlyList<IReadOnlyList<int>> prompts, GenerationOptions? options = null, Action<int, int>? onToken = null)
     {
         options ??= new GenerationOptions();
-        var (ids, mask) = LeftPad(prompts, PadId(options), model.parameters().First().device);
+        var (ids, mask) = LeftPad(prompts, PadId(options), model.Device);
         using var session = new GenerationSession(model, ids, mask, options);
         ids.Dispose();
         mask.Dispose();
@@ -72,7 +72,8 @@ internal sealed class Generator(CausalLm model)
         options ??= new GenerationOptions();
         using var scope = NewDisposeScope();
         attentionMask ??= ones_like(inputIds);
-        using var session = new GenerationSession(model, inputIds.to_type(ScalarType.Int64), attentionMask.to_type(ScalarType.Int64), options);
+        var device = model.Device;
+        using var session = new GenerationSession(model, inputIds.to(ScalarType.Int64, device), attentionMask.to(ScalarType.Int64, device), options);
         while (session.Step() is not null) { }
         return session.Sequences.clone().MoveToOuterDisposeScope();
     }
@@ -82,7 +83,7 @@ internal sealed class Generator(CausalLm model)
         [EnumeratorCancellation] CancellationToken cancellationToken = default)
     {
         options ??= new GenerationOptions();
-        var (ids, mask) = LeftPad([prompt], PadId(options), model.parameters().First().device);
+        var (ids, mask) = LeftPad([prompt], PadId(options), model.Device);
         using var session = new GenerationSession(model, ids, mask, options);
         ids.Dispose();
         mask.Dispose();

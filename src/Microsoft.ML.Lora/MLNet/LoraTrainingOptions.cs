@@ -68,5 +68,11 @@ public sealed class LoraTrainingOptions
     /// </summary>
     public string? ResumeFromCheckpoint { get; set; }
 
+    /// <summary>
+    /// Recompute each decoder layer in backward instead of keeping its activations: less memory for about one more
+    /// forward pass per step, same results (transformers' gradient_checkpointing; docs/memory.md). Default false.
+    /// </summary>
+    public bool GradientCheckpointing { get; set; }
+
     internal LoraTrainingOptions Clone() => (LoraTrainingOptions)MemberwiseClone();
 }

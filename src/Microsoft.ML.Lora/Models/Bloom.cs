@@ -3,6 +3,7 @@ using TorchSharp;
 using TorchSharp.Modules;
 using LayerNorm = Microsoft.ML.Lora.Models.Layers.LayerNorm;
 using static TorchSharp.torch;
+using Embedding = Microsoft.ML.Lora.Models.Layers.Embedding;
 using Microsoft.ML.Lora.Models.Layers;
 using Linear = Microsoft.ML.Lora.Models.Layers.Linear;
 
@@ -77,10 +78,12 @@ internal sealed class BloomForCausalLm : CausalLm
 
     public override ModelConfig Config => _config;
 
+    public override Tensor Embed(Tensor inputIds) => transformer.word_embeddings.forward(inputIds);
+
     /// <summary>BLOOM has no position embeddings: <paramref name="positionIds"/> is ignored; ALiBi follows the mask.</summary>
-    /// <remarks>inputIds: (batch, seq) → logits (batch, seq, vocab) float32.</remarks>
-    public override Tensor Forward(Tensor inputIds, Tensor? attentionMask = null, Tensor? positionIds = null, KvCache? cache = null) =>
-        Logits(transformer.forward(inputIds, attentionMask, cache), EmbeddingWeight.Of(transformer.word_embeddings));
+    /// <remarks>inputsEmbeds: (batch, seq, hidden) → logits (batch, seq, vocab) float32.</remarks>
+    public override Tensor ForwardEmbeds(Tensor inputsEmbeds, Tensor? attentionMask = null, Tensor? positionIds = null, KvCache? cache = null) =>
+        Logits(transformer.forward(inputsEmbeds, attentionMask, cache), EmbeddingWeight.Of(transformer.word_embeddings));
 
     /// <summary>ALiBi slopes of transformers' build_alibi_tensor, also for head counts that are not powers of two.</summary>
     public static float[] AlibiSlopes(int heads)
@@ -118,19 +121,19 @@ internal sealed class BloomModel : nn.Module
     public BloomModel(ModelConfig c) : base("BloomModel")
     {
         _heads = c.NumHeads;
-        word_embeddings = nn.Embedding(c.VocabSize, c.HiddenSize);
+        word_embeddings = new Embedding(c.VocabSize, c.HiddenSize);
         word_embeddings_layernorm = new LayerNorm(c.HiddenSize, c.NormEpsilon);
         h = new ModuleList<BloomBlock>([.. Enumerable.Range(0, c.NumLayers).Select(_ => new BloomBlock(c))]);
         ln_f = new LayerNorm(c.HiddenSize, c.NormEpsilon);
         RegisterComponents();
     }
 
-    /// <summary>inputIds: (batch, seq) → hidden states (batch, seq, hidden) float32.</summary>
-    public Tensor forward(Tensor inputIds, Tensor? attentionMask, KvCache? cache)
+    /// <summary>inputsEmbeds: (batch, seq, hidden), layer-normed here as transformers does → hidden states (batch, seq, hidden) float32.</summary>
+    public Tensor forward(Tensor inputsEmbeds, Tensor? attentionMask, KvCache? cache)
     {
-        long time = inputIds.shape[1], past = cache?.Length ?? 0;
-        var mask = Attention.FullMask(inputIds, attentionMask, past);                                   // (batch, past + seq)
-        var x = word_embeddings_layernorm.forward(word_embeddings.forward(inputIds));                    // (batch, seq, hidden)
+        long time = inputsEmbeds.shape[1], past = cache?.Length ?? 0;
+        var mask = Attention.FullMask(inputsEmbeds, attentionMask, past);                               // (batch, past + seq)
+        var x = word_embeddings_layernorm.forward(inputsEmbeds);                                         // (batch, seq, hidden)
         var bias = BloomForCausalLm.BuildAlibi(mask, _heads) + Attention.CausalMask(mask, time, x.dtype); // (batch, heads, seq, past + seq)
         for (int i = 0; i < h.Count; i++) x = h[i].forward(x, bias, cache, i);
         return ln_f.forward(x);
@@ -138,7 +141,7 @@ internal sealed class BloomModel : nn.Module
 }
 
 /// <summary>x + attn(input_layernorm(x)), then x + mlp(post_attention_layernorm(x)).</summary>
-internal sealed class BloomBlock : nn.Module
+internal sealed class BloomBlock : GradientCheckpointingLayer
 {
     internal LayerNorm input_layernorm;
     internal BloomAttention self_attention;
@@ -157,13 +160,13 @@ internal sealed class BloomBlock : nn.Module
     }
 
     /// <summary>x: (batch, seq, hidden) → (batch, seq, hidden).</summary>
-    public Tensor forward(Tensor x, Tensor bias, KvCache? cache, int layer)
+    public Tensor forward(Tensor x, Tensor bias, KvCache? cache, int layer) => Checkpointed(x, cache, x =>
     {
         var normed = input_layernorm.forward(x);
         var attended = self_attention.forward(normed, bias, cache, layer) + (_residualPostNorm ? normed : x);
         normed = post_attention_layernorm.forward(attended);
         return mlp.forward(normed) + (_residualPostNorm ? normed : attended);
-    }
+    });
 }
 
 /// <summary>query_key_value laid out per head ([B, T, H, 3, D]) and dense.</summary>

@@ -25,9 +25,75 @@ public abstract partial class CausalLm : nn.Module
     /// Logits [batch, time, vocab] for <paramref name="inputIds"/> [batch, time]. <paramref name="attentionMask"/>
     /// [batch, past + time] (1 = token, 0 = padding) may be null (all ones). Position ids, when null, come from the
     /// mask as transformers' generate() derives them: clamp(cumsum(mask) - 1, 0). With a <paramref name="cache"/>,
-    /// keys and values of earlier calls are reused and this call's are appended.
+    /// keys and values of earlier calls are reused and this call's are appended. Every input must be on
+    /// <see cref="Device"/> (an <see cref="InvalidOperationException"/> names the one that is not).
     /// </summary>
-    public abstract Tensor Forward(Tensor inputIds, Tensor? attentionMask = null, Tensor? positionIds = null, Generation.KvCache? cache = null);
+    public Tensor Forward(Tensor inputIds, Tensor? attentionMask = null, Tensor? positionIds = null, Generation.KvCache? cache = null)
+    {
+        var device = Device;
+        CheckDevice("input_ids", inputIds, device);
+        if (attentionMask is not null) CheckDevice("attention_mask", attentionMask, device);
+        if (positionIds is not null) CheckDevice("position_ids", positionIds, device);
+        return ForwardEmbeds(Embed(inputIds), attentionMask, positionIds, cache);
+    }
+
+    /// <summary>
+    /// transformers' gradient_checkpointing_enable: in training, each decoder layer keeps only its input for backward
+    /// and runs again there (with the same dropout masks), so activations take one layer's worth of memory instead of
+    /// all layers'. Losses and gradients are those without it; a step costs about one more forward pass.
+    /// </summary>
+    public void GradientCheckpointingEnable() => SetGradientCheckpointing(true);
+
+    /// <summary>Turns <see cref="GradientCheckpointingEnable"/> off.</summary>
+    public void GradientCheckpointingDisable() => SetGradientCheckpointing(false);
+
+    /// <summary>Whether gradient checkpointing is on (transformers' is_gradient_checkpointing).</summary>
+    public bool IsGradientCheckpointing => modules().OfType<GradientCheckpointingLayer>().Any(l => l.GradientCheckpointing);
+
+    private void SetGradientCheckpointing(bool on)
+    {
+        foreach (var layer in modules().OfType<GradientCheckpointingLayer>()) layer.GradientCheckpointing = on;
+    }
+
+    /// <summary>
+    /// transformers' enable_input_require_grads: the input embeddings' output requires grad in training, so that a
+    /// reentrant checkpoint over frozen layers still reaches the adapters (this library's checkpoint does not need it;
+    /// <see cref="Peft.KbitTraining.PrepareModelForKbitTraining"/> sets it as PEFT does).
+    /// </summary>
+    public void EnableInputRequireGrads()
+    {
+        foreach (var embedding in modules().OfType<Embedding>()) embedding.OutputRequiresGrad = true;
+    }
+
+    /// <summary>The device of the model's parameters, where its inputs, labels and KV cache belong.</summary>
+    public Device Device
+    {
+        get
+        {
+            foreach (var p in parameters()) return p.device;
+            return CPU;
+        }
+    }
+
+    private static void CheckDevice(string name, Tensor input, Device device)
+    {
+        if (input.device_type != device.type || input.device_index != device.index)
+            throw new InvalidOperationException(
+                $"{name} is on {input.device} but the model is on {device}: move the inputs to the model's device (model.Device) before calling Forward.");
+    }
+
+    /// <summary>
+    /// The input embedding layer's output for <paramref name="inputIds"/> (transformers' get_input_embeddings()(ids)):
+    /// (batch, seq) → (batch, seq, hidden). Prompt-learning methods put their virtual tokens in front of it.
+    /// </summary>
+    public abstract Tensor Embed(Tensor inputIds);
+
+    /// <summary>
+    /// <see cref="Forward"/> from input embeddings (transformers' <c>inputs_embeds</c>): (batch, seq, hidden) → logits
+    /// (batch, seq, vocab). What the model does after its embedding lookup (BLOOM's embedding layer norm, GPT-2's
+    /// position embeddings) applies to every row of <paramref name="inputsEmbeds"/>.
+    /// </summary>
+    public abstract Tensor ForwardEmbeds(Tensor inputsEmbeds, Tensor? attentionMask = null, Tensor? positionIds = null, Generation.KvCache? cache = null);
 
     /// <summary>
     /// False (default): the matrix multiplications run in the weights' dtype, as in transformers. True: those of a

@@ -4,6 +4,7 @@ using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
 using Linear = Microsoft.ML.Lora.Models.Layers.Linear;
+using Embedding = Microsoft.ML.Lora.Models.Layers.Embedding;
 
 namespace Microsoft.ML.Lora.Models;
 
@@ -64,11 +65,13 @@ internal sealed class Gemma2ForCausalLm : CausalLm
 
     public override ModelConfig Config => _config;
 
-    /// <summary>inputIds: (batch, seq) → logits (batch, seq, vocab) float32, soft-capped: cap · tanh(logits / cap).</summary>
-    public override Tensor Forward(Tensor inputIds, Tensor? attentionMask = null, Tensor? positionIds = null, KvCache? cache = null)
+    public override Tensor Embed(Tensor inputIds) => model.embed_tokens.forward(inputIds);
+
+    /// <summary>inputsEmbeds: (batch, seq, hidden) → logits (batch, seq, vocab) float32, soft-capped: cap · tanh(logits / cap).</summary>
+    public override Tensor ForwardEmbeds(Tensor inputsEmbeds, Tensor? attentionMask = null, Tensor? positionIds = null, KvCache? cache = null)
     {
-        var h = model.forward(inputIds, attentionMask, positionIds, cache); // (batch, seq, hidden)
-        var logits = lm_head is null ? Logits(h, model.embed_tokens.weight!) : lm_head.forward(h).As(Precision.Compute);
+        var h = model.forward(inputsEmbeds, attentionMask, positionIds, cache); // (batch, seq, hidden)
+        var logits = lm_head is null ? Logits(h, EmbeddingWeight.Of(model.embed_tokens)) : lm_head.forward(h).As(Precision.Compute);
         return _finalSoftcap is double cap ? (logits / cap).tanh() * cap : logits;
     }
 }
@@ -76,7 +79,7 @@ internal sealed class Gemma2ForCausalLm : CausalLm
 /// <summary>embed_tokens (scaled by √hidden), layers, norm, and the rotary frequencies.</summary>
 internal sealed class Gemma2Model : nn.Module
 {
-    internal Embedding embed_tokens;
+    internal nn.Module<Tensor, Tensor> embed_tokens; // an Embedding, or a LoRA wrapper of it
     internal ModuleList<Gemma2DecoderLayer> layers;
     internal RmsNorm norm;
     private readonly int _hidden;
@@ -84,7 +87,7 @@ internal sealed class Gemma2Model : nn.Module
 
     public Gemma2Model(ModelConfig c) : base("Gemma2Model")
     {
-        embed_tokens = nn.Embedding(c.VocabSize, c.HiddenSize);
+        embed_tokens = new Embedding(c.VocabSize, c.HiddenSize);
         layers = new ModuleList<Gemma2DecoderLayer>([.. Enumerable.Range(0, c.NumLayers).Select(_ => new Gemma2DecoderLayer(c))]);
         norm = new RmsNorm(c.HiddenSize, c.NormEpsilon, unitOffset: true);
         _hidden = c.HiddenSize;
@@ -93,10 +96,11 @@ internal sealed class Gemma2Model : nn.Module
     }
 
     /// <summary>inputIds: (batch, seq) → hidden states (batch, seq, hidden) float32.</summary>
-    public Tensor forward(Tensor inputIds, Tensor? attentionMask, Tensor? positionIds, KvCache? cache)
+    /// <summary>inputsEmbeds: (batch, seq, hidden), scaled by √hidden here as transformers does (virtual tokens too) → hidden states.</summary>
+    public Tensor forward(Tensor inputsEmbeds, Tensor? attentionMask, Tensor? positionIds, KvCache? cache)
     {
-        var (masks, cos, sin) = _rotary.Prepare(inputIds, attentionMask, positionIds, cache?.Length ?? 0);
-        var embedded = embed_tokens.forward(inputIds); // (batch, seq, hidden)
+        var (masks, cos, sin) = _rotary.Prepare(inputsEmbeds, attentionMask, positionIds, cache?.Length ?? 0);
+        var embedded = inputsEmbeds; // (batch, seq, hidden)
         // transformers multiplies by √hidden as a tensor of the embedding's dtype (rounded in bfloat16).
         using var normalizer = tensor(Math.Sqrt(_hidden), dtype: embedded.dtype).As(Precision.Compute);
         var x = embedded.As(Precision.Compute) * normalizer;
@@ -106,7 +110,7 @@ internal sealed class Gemma2Model : nn.Module
 }
 
 /// <summary>Sandwich norms: x + post_attention_layernorm(self_attn(input_layernorm(x))), then x + post_feedforward_layernorm(mlp(pre_feedforward_layernorm(x))).</summary>
-internal sealed class Gemma2DecoderLayer : nn.Module
+internal sealed class Gemma2DecoderLayer : GradientCheckpointingLayer
 {
     internal RmsNorm input_layernorm;
     internal Gemma2Attention self_attn;
@@ -127,11 +131,11 @@ internal sealed class Gemma2DecoderLayer : nn.Module
     }
 
     /// <summary>x: (batch, seq, hidden) → (batch, seq, hidden).</summary>
-    public Tensor forward(Tensor x, Tensor bias, Tensor cos, Tensor sin, KvCache? cache, int layer)
+    public Tensor forward(Tensor x, Tensor bias, Tensor cos, Tensor sin, KvCache? cache, int layer) => Checkpointed(x, cache, x =>
     {
         x = x + post_attention_layernorm.forward(self_attn.forward(input_layernorm.forward(x), bias, cos, sin, cache, layer));
         return x + post_feedforward_layernorm.forward(mlp.forward(pre_feedforward_layernorm.forward(x)));
-    }
+    });
 }
 
 /// <summary>q_proj, k_proj, v_proj, o_proj; eager attention with scale query_pre_attn_scalar^-½ and soft-capped scores.</summary>

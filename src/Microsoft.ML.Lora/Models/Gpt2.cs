@@ -4,6 +4,7 @@ using TorchSharp;
 using TorchSharp.Modules;
 using LayerNorm = Microsoft.ML.Lora.Models.Layers.LayerNorm;
 using static TorchSharp.torch;
+using Embedding = Microsoft.ML.Lora.Models.Layers.Embedding;
 
 namespace Microsoft.ML.Lora.Models;
 
@@ -79,10 +80,12 @@ internal sealed class Gpt2ForCausalLm : CausalLm
 
     public override ModelConfig Config => _config;
 
-    /// <summary>inputIds: (batch, seq) → logits (batch, seq, vocab) float32.</summary>
-    public override Tensor Forward(Tensor inputIds, Tensor? attentionMask = null, Tensor? positionIds = null, KvCache? cache = null)
+    public override Tensor Embed(Tensor inputIds) => transformer.wte.forward(inputIds);
+
+    /// <summary>inputsEmbeds: (batch, seq, hidden) → logits (batch, seq, vocab) float32.</summary>
+    public override Tensor ForwardEmbeds(Tensor inputsEmbeds, Tensor? attentionMask = null, Tensor? positionIds = null, KvCache? cache = null)
     {
-        var h = transformer.forward(inputIds, attentionMask, positionIds, cache); // (batch, seq, hidden)
+        var h = transformer.forward(inputsEmbeds, attentionMask, positionIds, cache); // (batch, seq, hidden)
         return Logits(h, EmbeddingWeight.Of(transformer.wte));
     }
 }
@@ -97,20 +100,20 @@ internal sealed class Gpt2Model : nn.Module
 
     public Gpt2Model(ModelConfig c) : base("GPT2Model")
     {
-        wte = nn.Embedding(c.VocabSize, c.HiddenSize);
-        wpe = nn.Embedding(c.MaxPositionEmbeddings, c.HiddenSize);
+        wte = new Embedding(c.VocabSize, c.HiddenSize);
+        wpe = new Embedding(c.MaxPositionEmbeddings, c.HiddenSize);
         h = new ModuleList<Gpt2Block>([.. Enumerable.Range(0, c.NumLayers).Select(_ => new Gpt2Block(c))]);
         ln_f = new LayerNorm(c.HiddenSize, c.NormEpsilon);
         RegisterComponents();
     }
 
-    /// <summary>inputIds: (batch, seq) → hidden states (batch, seq, hidden) float32.</summary>
-    public Tensor forward(Tensor inputIds, Tensor? attentionMask, Tensor? positionIds, KvCache? cache)
+    /// <summary>inputsEmbeds: (batch, seq, hidden) plus the position embeddings → hidden states (batch, seq, hidden) float32.</summary>
+    public Tensor forward(Tensor inputsEmbeds, Tensor? attentionMask, Tensor? positionIds, KvCache? cache)
     {
-        long time = inputIds.shape[1], past = cache?.Length ?? 0;
-        var mask = Attention.FullMask(inputIds, attentionMask, past);                    // (batch, past + seq)
+        long time = inputsEmbeds.shape[1], past = cache?.Length ?? 0;
+        var mask = Attention.FullMask(inputsEmbeds, attentionMask, past);                // (batch, past + seq)
         positionIds ??= Attention.PositionsFromMask(mask, time);                         // (batch, seq)
-        var x = wte.forward(inputIds).As(Precision.Compute) + wpe.forward(positionIds);  // (batch, seq, hidden)
+        var x = inputsEmbeds.As(Precision.Compute) + wpe.forward(positionIds);           // (batch, seq, hidden)
         var bias = Attention.CausalMask(mask, time, x.dtype);                            // (batch, 1, seq, past + seq)
         for (int i = 0; i < h.Count; i++) x = h[i].forward(x, bias, cache, i);
         return ln_f.forward(x);
@@ -118,7 +121,7 @@ internal sealed class Gpt2Model : nn.Module
 }
 
 /// <summary>x + attn(ln_1(x)), then x + mlp(ln_2(x)).</summary>
-internal sealed class Gpt2Block : nn.Module
+internal sealed class Gpt2Block : GradientCheckpointingLayer
 {
     internal LayerNorm ln_1;
     internal Gpt2Attention attn;
@@ -135,11 +138,11 @@ internal sealed class Gpt2Block : nn.Module
     }
 
     /// <summary>x: (batch, seq, hidden) → (batch, seq, hidden).</summary>
-    public Tensor forward(Tensor x, Tensor mask, KvCache? cache, int layer)
+    public Tensor forward(Tensor x, Tensor mask, KvCache? cache, int layer) => Checkpointed(x, cache, x =>
     {
         x = x + attn.forward(ln_1.forward(x), mask, cache, layer);
         return x + mlp.forward(ln_2.forward(x));
-    }
+    });
 }
 
 /// <summary>Fused c_attn (q, k, v concatenated along the output) and c_proj.</summary>

@@ -3,6 +3,7 @@ using Microsoft.ML.Lora.Generation;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
+using Embedding = Microsoft.ML.Lora.Models.Layers.Embedding;
 using Microsoft.ML.Lora.Models.Layers;
 using Linear = Microsoft.ML.Lora.Models.Layers.Linear;
 
@@ -122,10 +123,12 @@ internal sealed class LlamaForCausalLm : CausalLm
 
     public override ModelConfig Config => _config;
 
-    /// <summary>inputIds: (batch, seq) → logits (batch, seq, vocab) float32.</summary>
-    public override Tensor Forward(Tensor inputIds, Tensor? attentionMask = null, Tensor? positionIds = null, KvCache? cache = null)
+    public override Tensor Embed(Tensor inputIds) => model.embed_tokens.forward(inputIds);
+
+    /// <summary>inputsEmbeds: (batch, seq, hidden) → logits (batch, seq, vocab) float32.</summary>
+    public override Tensor ForwardEmbeds(Tensor inputsEmbeds, Tensor? attentionMask = null, Tensor? positionIds = null, KvCache? cache = null)
     {
-        var h = model.forward(inputIds, attentionMask, positionIds, cache); // (batch, seq, hidden)
+        var h = model.forward(inputsEmbeds, attentionMask, positionIds, cache); // (batch, seq, hidden)
         return lm_head is null ? Logits(h, EmbeddingWeight.Of(model.embed_tokens)) : lm_head.forward(h).As(Precision.Compute);
     }
 }
@@ -140,25 +143,25 @@ internal sealed class LlamaModel : nn.Module
 
     public LlamaModel(ModelConfig c, LlamaParts parts) : base("LlamaModel")
     {
-        embed_tokens = nn.Embedding(c.VocabSize, c.HiddenSize);
+        embed_tokens = new Embedding(c.VocabSize, c.HiddenSize);
         layers = new ModuleList<LlamaDecoderLayer>([.. Enumerable.Range(0, c.NumLayers).Select(_ => new LlamaDecoderLayer(c, parts))]);
         norm = new RmsNorm(c.HiddenSize, c.NormEpsilon);
         _rotary = new RotaryFrequencies(c);
         RegisterComponents();
     }
 
-    /// <summary>inputIds: (batch, seq) → hidden states (batch, seq, hidden) float32.</summary>
-    public Tensor forward(Tensor inputIds, Tensor? attentionMask, Tensor? positionIds, KvCache? cache)
+    /// <summary>inputsEmbeds: (batch, seq, hidden) → hidden states (batch, seq, hidden) float32.</summary>
+    public Tensor forward(Tensor inputsEmbeds, Tensor? attentionMask, Tensor? positionIds, KvCache? cache)
     {
-        var (masks, cos, sin) = _rotary.Prepare(inputIds, attentionMask, positionIds, cache?.Length ?? 0);
-        var x = embed_tokens.forward(inputIds).As(Precision.Compute); // (batch, seq, hidden)
+        var (masks, cos, sin) = _rotary.Prepare(inputsEmbeds, attentionMask, positionIds, cache?.Length ?? 0);
+        var x = inputsEmbeds.As(Precision.Compute); // (batch, seq, hidden)
         for (int i = 0; i < layers.Count; i++) x = layers[i].forward(x, masks.For(i), cos, sin, cache, i);
         return norm.forward(x);
     }
 }
 
 /// <summary>x + self_attn(input_layernorm(x)), then x + mlp(post_attention_layernorm(x)).</summary>
-internal sealed class LlamaDecoderLayer : nn.Module
+internal sealed class LlamaDecoderLayer : GradientCheckpointingLayer
 {
     internal RmsNorm input_layernorm;
     internal RotaryAttention self_attn;
@@ -175,11 +178,11 @@ internal sealed class LlamaDecoderLayer : nn.Module
     }
 
     /// <summary>x: (batch, seq, hidden) → (batch, seq, hidden).</summary>
-    public Tensor forward(Tensor x, Tensor bias, Tensor cos, Tensor sin, KvCache? cache, int layer)
+    public Tensor forward(Tensor x, Tensor bias, Tensor cos, Tensor sin, KvCache? cache, int layer) => Checkpointed(x, cache, x =>
     {
         x = x + self_attn.forward(input_layernorm.forward(x), bias, cos, sin, cache, layer);
         return x + mlp.forward(post_attention_layernorm.forward(x));
-    }
+    });
 }
 
 /// <summary>q_proj, k_proj, v_proj (kv heads may be fewer: GQA), o_proj.</summary>

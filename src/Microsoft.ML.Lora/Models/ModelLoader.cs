@@ -1,6 +1,8 @@
 using System.Text.Json.Nodes;
 using Microsoft.ML.Lora.Checkpoints;
+using Microsoft.ML.Lora.Models.Layers;
 using TorchSharp;
+using TorchSharp.Modules;
 using static TorchSharp.torch;
 
 namespace Microsoft.ML.Lora.Models;
@@ -40,7 +42,12 @@ internal sealed class CheckpointMismatchException(string message, IReadOnlyList<
 /// <summary>Loads a Hugging Face model folder (config.json + model.safetensors or a sharded index).</summary>
 internal static class ModelLoader
 {
-    /// <summary>Reads config.json, builds the model for its model_type and loads its weights (frozen).</summary>
+    /// <summary>
+    /// Reads config.json, builds the model for its model_type and loads its weights (frozen), without waste: the
+    /// modules are built on the meta device (<see cref="EmptyWeights"/>), every tensor of the checkpoint is checked
+    /// against them before anything is allocated, then each parameter is created once, from the checkpoint, in its
+    /// target dtype and device (<see cref="LoadWeights"/>).
+    /// </summary>
     public static CausalLm Load(string folder, ModelLoadOptions? options = null)
     {
         options ??= new ModelLoadOptions();
@@ -48,12 +55,14 @@ internal static class ModelLoader
         ValidateDType(options.DType, options.ComputeDType);
         var config = ModelConfig.Load(Path.Combine(folder, "config.json"));
         using var checkpoint = CheckpointFolder.Open(folder);
-        var model = ModelFactory.Create(config);
+        var model = EmptyWeights.Create(() => ModelFactory.Create(config));
         try
         {
-            model.to(options.DType).to(device);
+            // Quantized linears are created from the checkpoint first (quantize while loading: the float weight exists
+            // one tensor at a time); everything else is checked, then created once, by LoadWeights.
             var quantization = Quantization.QuantizedLoading.Effective(checkpoint, config, options.QuantizationConfig);
-            LoadWeights(model, checkpoint, quantization is null ? null : Quantization.QuantizedLoading.Apply(model, checkpoint, quantization, options.DType, device));
+            var quantized = quantization is null ? null : Quantization.QuantizedLoading.Apply(model, checkpoint, quantization, options.DType, device);
+            LoadWeights(model, checkpoint, options.DType, device, quantized);
             model.Float32Arithmetic = options.ComputeDType == ScalarType.Float32 && options.DType != ScalarType.Float32;
             ModelFactory.Freeze(model);
             model.eval();
@@ -94,35 +103,35 @@ internal static class ModelLoader
         || name.EndsWith("rotary_emb.inv_freq", StringComparison.Ordinal);
 
     /// <summary>
-    /// Copies every parameter from <paramref name="checkpoint"/>, except the names in <paramref name="alreadyLoaded"/> (model
-    /// parameters and checkpoint tensors already loaded, by quantization); throws naming all missing, unexpected and
-    /// mis-shaped tensors.
+    /// Creates every parameter of <paramref name="model"/> (built on the meta device, or any device) from
+    /// <paramref name="checkpoint"/> in <paramref name="dtype"/> on <paramref name="device"/>, one tensor at a time. All
+    /// names and shapes are checked first, from the safetensors headers alone, so a checkpoint that does not fit fails
+    /// with every missing, unexpected and mis-shaped tensor named before any memory is allocated. Where the stored dtype
+    /// is <paramref name="dtype"/> on the CPU, the parameter is the memory-mapped file itself (no copy); otherwise it
+    /// is converted straight from the mapped bytes. Names in <paramref name="alreadyLoaded"/> (model parameters and
+    /// checkpoint tensors that quantization loaded) are skipped.
     /// </summary>
-    internal static void LoadWeights(CausalLm model, CheckpointFolder checkpoint, IReadOnlySet<string>? alreadyLoaded = null)
+    internal static void LoadWeights(CausalLm model, CheckpointFolder checkpoint, ScalarType dtype, Device device, IReadOnlySet<string>? alreadyLoaded = null)
     {
-        var loadedByQuantization = alreadyLoaded ?? new HashSet<string>();
+        var source = new WeightSource(checkpoint);
+        var modules = OwnersOfParameters(model).ToList();
         var missing = new List<string>();
         var mismatched = new List<string>();
-        var used = new HashSet<string>(StringComparer.Ordinal);
-        var parameters = model.named_parameters().Where(p => !loadedByQuantization.Contains(p.name)).ToList();
-        // Checkpoints of the bare model (openai-community/gpt2) lack the "transformer." / "model." prefix.
-        string? Resolve(string name)
+        foreach (var (prefix, module) in modules)
         {
-            if (checkpoint.Contains(name)) return name;
-            int dot = name.IndexOf('.');
-            return dot > 0 && name[..dot] is "transformer" or "model" && checkpoint.Contains(name[(dot + 1)..]) ? name[(dot + 1)..] : null;
+            foreach (var (local, p) in module.named_parameters(recurse: false))
+            {
+                string name = Join(prefix, local);
+                if (alreadyLoaded?.Contains(name) == true) continue;
+                if (source.Resolve(name) is not { } stored) { missing.Add(name); continue; }
+                var shape = checkpoint.Info(stored).Shape;
+                if (!shape.SequenceEqual(p.shape))
+                    mismatched.Add($"'{name}': the model expects [{string.Join(", ", p.shape)}], the checkpoint has [{string.Join(", ", shape)}]");
+            }
         }
-        foreach (var (name, p) in parameters)
-        {
-            if (Resolve(name) is not { } source) { missing.Add(name); continue; }
-            used.Add(source);
-            var shape = checkpoint.Info(source).Shape;
-            if (!shape.SequenceEqual(p.shape))
-                mismatched.Add($"'{name}': the model expects [{string.Join(", ", p.shape)}], the checkpoint has [{string.Join(", ", shape)}]");
-        }
-        bool tied = model.Config.TieWordEmbeddings && parameters.All(p => p.name != "lm_head.weight");
+        bool tied = model.Config.TieWordEmbeddings && model.named_parameters().All(p => p.name != "lm_head.weight");
         var unexpected = checkpoint.Names
-            .Where(n => !used.Contains(n) && !loadedByQuantization.Contains(n) && !IsIgnorable(n) && !(tied && n == "lm_head.weight"))
+            .Where(n => !source.IsUsed(n) && !(alreadyLoaded?.Contains(n) ?? false) && !IsIgnorable(n) && !(tied && n == "lm_head.weight"))
             .OrderBy(n => n, StringComparer.Ordinal).ToList();
         if (missing.Count + unexpected.Count + mismatched.Count > 0)
         {
@@ -134,11 +143,62 @@ internal static class ModelLoader
                 $"The checkpoint in '{checkpoint.Folder}' does not match the {model.Config.ModelType} model of its config.json: {string.Join(". ", parts)}.",
                 missing, unexpected, mismatched);
         }
+
         using var _ = no_grad();
-        foreach (var (name, p) in parameters)
+        foreach (var (prefix, module) in modules)
         {
-            using var loaded = checkpoint.Load(Resolve(name)!, p.dtype, p.device);
-            p.copy_(loaded);
+            foreach (var (local, _) in module.named_parameters(recurse: false).ToList())
+                if (alreadyLoaded?.Contains(Join(prefix, local)) != true)
+                    ModuleParameters.Replace(module, local, new Parameter(source.Read(Join(prefix, local), dtype, device), requires_grad: false));
         }
+    }
+
+    /// <summary>The model and each of its submodules that owns parameters itself, with its dotted name ("" for the model).</summary>
+    private static IEnumerable<(string Prefix, nn.Module Module)> OwnersOfParameters(nn.Module model) =>
+        new[] { ("", model) }.Concat(model.named_modules().Select(m => (m.name, m.module)))
+            .Where(m => m.Item2.named_parameters(recurse: false).Any());
+
+    private static string Join(string prefix, string name) => prefix.Length == 0 ? name : $"{prefix}.{name}";
+}
+
+/// <summary>
+/// The checkpoint as the loader reads it: model parameter names resolved to stored names (checkpoints of the bare
+/// model, such as openai-community/gpt2, lack the "transformer." / "model." prefix), and the names read so far.
+/// </summary>
+internal sealed class WeightSource(CheckpointFolder checkpoint)
+{
+    private readonly HashSet<string> _used = new(StringComparer.Ordinal);
+
+    /// <summary>The checkpoint.</summary>
+    public CheckpointFolder Checkpoint => checkpoint;
+
+    /// <summary>The stored name of model parameter <paramref name="name"/>, or null when the checkpoint lacks it; marks it used.</summary>
+    public string? Resolve(string name)
+    {
+        string? stored = null;
+        if (checkpoint.Contains(name)) stored = name;
+        else
+        {
+            int dot = name.IndexOf('.');
+            if (dot > 0 && name[..dot] is "transformer" or "model" && checkpoint.Contains(name[(dot + 1)..])) stored = name[(dot + 1)..];
+        }
+        if (stored is not null) _used.Add(stored);
+        return stored;
+    }
+
+    /// <summary>Whether a stored name was resolved.</summary>
+    public bool IsUsed(string stored) => _used.Contains(stored);
+
+    /// <summary>
+    /// Model parameter <paramref name="name"/> in <paramref name="dtype"/> on <paramref name="device"/>: the
+    /// memory-mapped bytes themselves when they are already that (CPU, same dtype), else a converted copy.
+    /// </summary>
+    public Tensor Read(string name, ScalarType dtype, Device device)
+    {
+        string stored = Resolve(name) ?? throw new KeyNotFoundException($"Tensor '{name}' is not in the checkpoint in '{checkpoint.Folder}'.");
+        var info = checkpoint.Info(stored);
+        return info.DType.ToScalarType() == dtype && device.type == DeviceType.CPU
+            ? checkpoint.Map(stored)
+            : checkpoint.Load(stored, dtype, device);
     }
 }

@@ -10,6 +10,8 @@ internal static class CausalLmLoss
     /// <summary>Sum of the token losses (float32) and the number of valid tokens.</summary>
     public static (Tensor Sum, long Count) Sum(Tensor logits, Tensor labels)
     {
+        if (labels.device_type != logits.device_type || labels.device_index != logits.device_index)
+            throw new InvalidOperationException($"The labels are on {labels.device} but the logits on {logits.device}: build the batch on the model's device (model.Device).");
         using var scope = NewDisposeScope();
         long v = logits.shape[^1];
         // As transformers: pad the labels on the right and shift them, instead of copying logits[:, :-1].

@@ -2,10 +2,23 @@ using static TorchSharp.torch;
 
 namespace Microsoft.ML.Lora.Training;
 
-/// <summary>A padded batch: input ids, attention mask and labels, each [batch, time] int64.</summary>
-internal sealed record Batch(Tensor InputIds, Tensor AttentionMask, Tensor Labels, long Tokens) : IDisposable
+/// <summary>
+/// A padded batch: input ids, attention mask and labels, each [batch, time] int64 on the model's device;
+/// <paramref name="Tokens"/> non-padding tokens, <paramref name="LabelTokens"/> labels that count in the loss (after the shift), when known without reading <paramref name="Labels"/>.
+/// </summary>
+internal sealed record Batch(Tensor InputIds, Tensor AttentionMask, Tensor Labels, long Tokens, long? LabelTokens = null) : IDisposable
 {
     public void Dispose() { InputIds.Dispose(); AttentionMask.Dispose(); Labels.Dispose(); }
+
+    /// <summary><see cref="LabelTokens"/>, or counted from <see cref="Labels"/> (a device sync) when not given.</summary>
+    public long CountLabelTokens()
+    {
+        if (LabelTokens is long n) return n;
+        using var shifted = Labels[.., 1..];
+        using var valid = shifted.ne(CausalLmLoss.IgnoreIndex);
+        using var sum = valid.sum();
+        return sum.item<long>();
+    }
 }
 
 /// <summary>
@@ -36,11 +49,12 @@ internal sealed class Collator(int padId, int? eosId, bool appendEos, bool train
         return (ids.ToArray(), labels);
     }
 
-    public Batch Collate(IReadOnlyList<(int[] Ids, long[] Labels)> examples)
+    /// <summary>Pads <paramref name="examples"/> into one batch, built directly on <paramref name="device"/> (default: the CPU).</summary>
+    public Batch Collate(IReadOnlyList<(int[] Ids, long[] Labels)> examples, Device? device = null)
     {
         int b = examples.Count, t = examples.Max(x => x.Ids.Length);
         var ids = new long[b * t]; var mask = new long[b * t]; var labels = new long[b * t];
-        long tokens = 0;
+        long tokens = 0, labelTokens = 0;
         for (int i = 0; i < b; i++)
         {
             var (x, y) = examples[i];
@@ -52,8 +66,9 @@ internal sealed class Collator(int padId, int? eosId, bool appendEos, bool train
                 labels[i * t + j] = real ? y[j] : CausalLmLoss.IgnoreIndex;
             }
             tokens += x.Length;
+            for (int j = 1; j < t; j++) if (labels[i * t + j] != CausalLmLoss.IgnoreIndex) labelTokens++;
         }
-        return new Batch(tensor(ids, [b, t]), tensor(mask, [b, t]), tensor(labels, [b, t]), tokens);
+        return new Batch(tensor(ids, [b, t], device: device), tensor(mask, [b, t], device: device), tensor(labels, [b, t], device: device), tokens, labelTokens);
     }
 
     /// <summary>Seeded permutation of 0..n-1 for an epoch (System.Random with seed + epoch: reproducible on resume).</summary>

@@ -39,6 +39,7 @@ public sealed class Trainer : IDisposable
         _model = model;
         _o = options;
         _params = model.TrainableParameters().Select(p => p.P).ToList();
+        if (options.GradientCheckpointing) model.Model.GradientCheckpointingEnable();
         if (_params.Count == 0) throw new InvalidOperationException("The model has no trainable parameters.");
         if (model.Model.parameters().Any(p => p.dtype == ScalarType.Float16)) Scaler = new LossScaler(options.InitialLossScale);
         var decay = DecayParameters(model.Model);
@@ -114,9 +115,7 @@ public sealed class Trainer : IDisposable
     /// <summary>Forward and backward over the micro-batches, leaving the gradients on the trainable parameters; returns the loss.</summary>
     internal double Backward(IReadOnlyList<Batch> microBatches)
     {
-        long valid = 0;
-        using (NewDisposeScope())
-            foreach (var b in microBatches) valid += b.Labels[.., 1..].ne(CausalLmLoss.IgnoreIndex).sum().item<long>();
+        long valid = microBatches.Sum(b => b.CountLabelTokens()); // the collator's count: no device sync
         if (valid == 0) throw new InvalidOperationException($"Step {GlobalStep + 1}: the batch has no label tokens (all -100); nothing to learn from.");
         _model.Model.train();
         // Dropout masks come from a generator of this step alone (never torch's global one, which concurrent Fits
@@ -168,7 +167,7 @@ public sealed class Trainer : IDisposable
             for (int i = 0; i < examples.Count; i += _o.BatchSize)
             {
                 using var scope = NewDisposeScope();
-                using var b = collator.Collate(examples.Skip(i).Take(_o.BatchSize).ToList());
+                using var b = collator.Collate(examples.Skip(i).Take(_o.BatchSize).ToList(), _model.Model.Device);
                 var (s, c) = CausalLmLoss.Sum(_model.Forward(b.InputIds, b.AttentionMask), b.Labels);
                 sum += s.item<float>(); count += c;
             }
@@ -211,6 +210,7 @@ public sealed class Trainer : IDisposable
             throw new TrainingDivergedException(GlobalStep + 1, $"weight '{bad}' before training", double.NaN,
                 "It was not finite before any update, so the learning rate is not the cause: check the adapter's initialisation, LoraAlpha and the loaded weights.");
         int startStep = GlobalStep;
+        var device = _model.Model.Device; // batches are built there: a CUDA model never sees a CPU tensor
         var sw = Stopwatch.StartNew();
         long tokens = 0; double windowLoss = 0; int windowSteps = 0;
         int truncatedBase = 0;
@@ -228,7 +228,7 @@ public sealed class Trainer : IDisposable
                     long epoch = MicroBatches / batchesPerEpoch; int pos = (int)(MicroBatches % batchesPerEpoch);
                     if (epoch != orderEpoch) { order = Collator.Order(encoded.Count, _o.Seed, (int)epoch, _o.Shuffle); orderEpoch = epoch; }
                     var items = order!.Skip(pos * _o.BatchSize).Take(_o.BatchSize).Select(i => encoded[i]).ToList();
-                    micro.Add(collator.Collate(items));
+                    micro.Add(collator.Collate(items, device));
                     MicroBatches++;
                 }
                 double lr = _o.LearningRate * LrSchedule.Factor(_o.LrScheduler, GlobalStep, warmup, totalSteps);

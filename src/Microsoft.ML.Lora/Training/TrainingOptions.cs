@@ -79,6 +79,11 @@ public sealed record TrainingOptions
     public bool AppendEos { get; init; } = true;
     /// <summary>Train on prompt tokens too (default false: the prompt is masked with -100).</summary>
     public bool TrainOnPrompt { get; init; }
+    /// <summary>
+    /// Recompute each decoder layer in backward instead of keeping its activations (transformers'
+    /// gradient_checkpointing; <see cref="Models.CausalLm.GradientCheckpointingEnable"/>). Default false.
+    /// </summary>
+    public bool GradientCheckpointing { get; init; }
     /// <summary>First loss scale of float16 models (dynamic loss scaling as PyTorch's GradScaler; default 65536). Unused otherwise.</summary>
     public double InitialLossScale { get; init; } = 65536;
 

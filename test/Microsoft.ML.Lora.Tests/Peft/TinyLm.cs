@@ -4,6 +4,7 @@ using TorchSharp;
 using TorchSharp.Modules;
 using LayerNorm = TorchSharp.Modules.LayerNorm;
 using Linear = Microsoft.ML.Lora.Models.Layers.Linear;
+using Embedding = TorchSharp.Modules.Embedding;
 using static TorchSharp.torch;
 
 namespace Microsoft.ML.Lora.Tests.Peft;
@@ -33,10 +34,12 @@ internal sealed class TinyLm : CausalLm
 
     public override ModelConfig Config => _config;
 
-    public override Tensor Forward(Tensor inputIds, Tensor? attentionMask = null, Tensor? positionIds = null, Microsoft.ML.Lora.Generation.KvCache? cache = null)
+    public override Tensor Embed(Tensor inputIds) => transformer.Embed(inputIds);
+
+    public override Tensor ForwardEmbeds(Tensor inputsEmbeds, Tensor? attentionMask = null, Tensor? positionIds = null, Microsoft.ML.Lora.Generation.KvCache? cache = null)
     {
         using var scope = NewDisposeScope();
-        var x = transformer.forward(inputIds);
+        var x = transformer.forward(inputsEmbeds);
         return lm_head.forward(x).MoveToOuterDisposeScope();
     }
 
@@ -54,9 +57,10 @@ internal sealed class TinyLm : CausalLm
             RegisterComponents();
         }
 
-        public override Tensor forward(Tensor ids)
+        public Tensor Embed(Tensor ids) => wte.forward(ids);
+
+        public override Tensor forward(Tensor x)
         {
-            var x = wte.forward(ids);
             foreach (var b in h) x = b.forward(x);
             return ln_f.forward(x);
         }

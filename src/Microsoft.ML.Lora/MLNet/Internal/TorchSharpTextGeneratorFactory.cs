@@ -149,6 +149,7 @@ internal sealed class TorchSharpTextGeneratorFactory : ITextGeneratorFactory
         WarmupRatio = o.Training.WarmupRatio,
         WeightDecay = o.Training.WeightDecay,
         MaxGradNorm = o.Training.MaxGradNorm,
+        GradientCheckpointing = o.Training.GradientCheckpointing,
         MaxSequenceLength = o.Training.MaxSequenceLength,
         LoggingSteps = Math.Max(1, o.Training.LoggingSteps),
         Seed = o.Seed.GetValueOrDefault(),

@@ -6,10 +6,10 @@ namespace Microsoft.ML.Lora.Models.Layers;
 /// <summary>Masks, positions and attention shared by the architectures.</summary>
 internal static class Attention
 {
-    /// <summary>The mask to use: <paramref name="attentionMask"/> or all ones [batch, past + time].</summary>
-    public static Tensor FullMask(Tensor inputIds, Tensor? attentionMask, long past) =>
+    /// <summary>The mask to use: <paramref name="attentionMask"/> or all ones [batch, past + time] (<paramref name="input"/>: ids or embeddings, [batch, time, ...]).</summary>
+    public static Tensor FullMask(Tensor input, Tensor? attentionMask, long past) =>
         attentionMask is null
-            ? ones([inputIds.shape[0], past + inputIds.shape[1]], dtype: ScalarType.Int64, device: inputIds.device)
+            ? ones([input.shape[0], past + input.shape[1]], dtype: ScalarType.Int64, device: input.device)
             : attentionMask.to_type(ScalarType.Int64);
 
     /// <summary>Position ids for the last <paramref name="time"/> positions: clamp(cumsum(mask) - 1, 0).</summary>

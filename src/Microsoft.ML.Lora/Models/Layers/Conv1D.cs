@@ -23,6 +23,7 @@ internal sealed class Conv1D : nn.Module<Tensor, Tensor>, ILinear
     {
         InFeatures = inFeatures;
         OutFeatures = outFeatures;
+        device ??= EmptyWeights.Device;
         weight = new Parameter(normal(0, 0.02, [inFeatures, outFeatures], dtype: dtype, device: device));
         bias = new Parameter(zeros(outFeatures, dtype: dtype, device: device));
         RegisterComponents();

@@ -12,8 +12,8 @@ internal sealed class LayerNorm : nn.Module<Tensor, Tensor>
 
     public LayerNorm(long size, double eps = 1e-5) : base(nameof(LayerNorm))
     {
-        weight = new Parameter(ones(size));
-        bias = new Parameter(zeros(size));
+        weight = new Parameter(ones(size, device: EmptyWeights.Device));
+        bias = new Parameter(zeros(size, device: EmptyWeights.Device));
         Size = size;
         Eps = eps;
         RegisterComponents();

@@ -23,6 +23,7 @@ internal sealed class Linear : nn.Module<Tensor, Tensor>, ILinear
     {
         InFeatures = inFeatures;
         OutFeatures = outFeatures;
+        device ??= EmptyWeights.Device;
         weight = new Parameter(empty(outFeatures, inFeatures, dtype: dtype, device: device));
         bias = hasBias ? new Parameter(zeros(outFeatures, dtype: dtype, device: device)) : null;
         nn.init.kaiming_uniform_(weight, a: Math.Sqrt(5));

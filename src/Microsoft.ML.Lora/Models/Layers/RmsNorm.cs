@@ -17,7 +17,7 @@ internal sealed class RmsNorm : nn.Module<Tensor, Tensor>
 
     public RmsNorm(long size, double eps, bool unitOffset = false) : base("RMSNorm")
     {
-        weight = new Parameter(unitOffset ? zeros(size) : ones(size));
+        weight = new Parameter(unitOffset ? zeros(size, device: EmptyWeights.Device) : ones(size, device: EmptyWeights.Device));
         _eps = eps;
         _unitOffset = unitOffset;
         RegisterComponents();

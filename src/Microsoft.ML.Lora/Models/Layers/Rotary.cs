@@ -202,10 +202,10 @@ internal sealed class RotaryFrequencies
     /// What every layer of a rotary decoder needs for one forward pass: the padding mask (batch, past + seq), the
     /// layers' additive masks, and cos/sin (batch, 1, seq, rotary_dim) of the position ids (from the mask when null).
     /// </summary>
-    public (LayerMasks Masks, Tensor Cos, Tensor Sin) Prepare(Tensor inputIds, Tensor? attentionMask, Tensor? positionIds, long past)
+    public (LayerMasks Masks, Tensor Cos, Tensor Sin) Prepare(Tensor input, Tensor? attentionMask, Tensor? positionIds, long past)
     {
-        long time = inputIds.shape[1];
-        var mask = Attention.FullMask(inputIds, attentionMask, past); // (batch, past + seq)
+        long time = input.shape[1]; // input: ids (batch, seq) or embeddings (batch, seq, hidden)
+        var mask = Attention.FullMask(input, attentionMask, past); // (batch, past + seq)
         positionIds ??= Attention.PositionsFromMask(mask, time);      // (batch, seq)
         var (cos, sin) = CosSin(positionIds);
         return (new LayerMasks(mask, time, Precision.Compute, _config), cos, sin);

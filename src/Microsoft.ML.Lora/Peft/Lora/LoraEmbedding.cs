@@ -1,6 +1,7 @@
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
+using Embedding = Microsoft.ML.Lora.Models.Layers.Embedding;
 
 namespace Microsoft.ML.Lora.Peft;
 
@@ -36,7 +37,7 @@ internal sealed class LoraEmbedding : nn.Module<Tensor, Tensor>, Models.Layers.I
     /// <summary>The wrapped embedding.</summary>
     public Embedding BaseLayer => base_layer;
     /// <summary>The base embedding matrix [vocab, hidden].</summary>
-    public Parameter weight => base_layer.weight!;
+    public Parameter weight => base_layer.weight;
     /// <summary>The adapter used in forward, or null for none.</summary>
     public string? ActiveAdapter { get; set; }
     /// <summary>When true, forward is the base embedding alone.</summary>

@@ -4,6 +4,7 @@ using Microsoft.ML.Lora.Models.Layers;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
+using Embedding = Microsoft.ML.Lora.Models.Layers.Embedding;
 
 namespace Microsoft.ML.Lora.Peft;
 
