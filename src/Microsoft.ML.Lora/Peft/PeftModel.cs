@@ -54,8 +54,9 @@ public sealed class PeftModel
 
     /// <summary>
     /// Injects a new adapter <paramref name="adapterName"/> of <paramref name="config"/>'s method into
-    /// <paramref name="model"/> (in place) and freezes everything else (PEFT's <c>get_peft_model</c>). Seed torch's
-    /// generator first (<c>torch.random.manual_seed</c>) for a reproducible initialisation.
+    /// <paramref name="model"/> (in place) and freezes everything else (PEFT's <c>get_peft_model</c>). The initialisation never draws from
+    /// torch's global generator: it uses the generator of the running Fit (seeded with its <c>Seed</c>), else one seeded
+    /// with 42, so the same config gives the same adapter in any concurrency.
     /// </summary>
     /// <param name="model">The base model; it is modified in place.</param>
     /// <param name="config">The adapter's configuration (<see cref="LoraConfig"/>, ...).</param>

@@ -201,8 +201,12 @@ internal static class HfTokenizerLoader
                     "Contiguous" => SplitBehavior.Contiguous,
                     var b => throw Unsupported("Split behavior", b, path),
                 };
-                return [new SplitStep(new Regex(regex, RegexOptions.Compiled | RegexOptions.CultureInvariant), behavior,
-                    Bool(p, "invert") ?? false)];
+                Regex compiled;
+                // A pattern from a file runs with a timeout: a catastrophically backtracking one (time doubling per
+                // character) would otherwise hang Encode; SplitStep turns a timeout into an error naming file and pattern.
+                try { compiled = new Regex(regex, RegexOptions.Compiled | RegexOptions.CultureInvariant, SplitStep.MatchTimeout); }
+                catch (ArgumentException e) { throw new InvalidDataException($"'{path}': the Split pre-tokenizer's pattern \"{regex}\" is not a valid .NET regular expression: {e.Message}", e); }
+                return [new SplitStep(compiled, behavior, Bool(p, "invert") ?? false, path)];
             case var t:
                 throw Unsupported("pre_tokenizer", t, path);
         }

@@ -20,18 +20,30 @@ internal abstract class PreTokenizeStep
 /// HF <c>Split</c>. Microsoft.ML.Tokenizers' <see cref="RegexPreTokenizer"/> returns only the regex matches and drops the
 /// text between them, which loses characters for patterns such as BLOOM's; HF keeps those gaps as pieces.
 /// </summary>
-internal sealed class SplitStep(Regex regex, SplitBehavior behavior, bool invert) : PreTokenizeStep
+/// <remarks><paramref name="source"/>: the tokenizer.json the pattern came from, named when a match times out.</remarks>
+internal sealed class SplitStep(Regex regex, SplitBehavior behavior, bool invert, string? source = null) : PreTokenizeStep
 {
+    /// <summary>Time one match of a pattern read from a file may take; a linear pattern needs microseconds.</summary>
+    internal static readonly TimeSpan MatchTimeout = TimeSpan.FromSeconds(2);
+
     public override void Split(string text, int offset, int length, List<(int Offset, int Length)> output)
     {
         var parts = new List<(int Start, int End, bool Match)>();
         var pos = 0;
-        foreach (var m in regex.EnumerateMatches(text.AsSpan(offset, length)))
+        try
         {
-            if (m.Length == 0) continue;
-            if (m.Index > pos) parts.Add((pos, m.Index, invert));
-            parts.Add((m.Index, m.Index + m.Length, !invert));
-            pos = m.Index + m.Length;
+            foreach (var m in regex.EnumerateMatches(text.AsSpan(offset, length)))
+            {
+                if (m.Length == 0) continue;
+                if (m.Index > pos) parts.Add((pos, m.Index, invert));
+                parts.Add((m.Index, m.Index + m.Length, !invert));
+                pos = m.Index + m.Length;
+            }
+        }
+        catch (RegexMatchTimeoutException e)
+        {
+            throw new InvalidDataException(
+                $"'{source ?? "tokenizer"}': the Split pre-tokenizer's pattern \"{regex}\" took more than {MatchTimeout.TotalSeconds} s on a text of {length} characters (catastrophic backtracking); the tokenizer file is broken or hostile.", e);
         }
         if (pos < length) parts.Add((pos, length, invert));
 
