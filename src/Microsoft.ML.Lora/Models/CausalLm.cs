@@ -26,7 +26,8 @@ public abstract partial class CausalLm : nn.Module
     /// [batch, past + time] (1 = token, 0 = padding) may be null (all ones). Position ids, when null, come from the
     /// mask as transformers' generate() derives them: clamp(cumsum(mask) - 1, 0). With a <paramref name="cache"/>,
     /// keys and values of earlier calls are reused and this call's are appended. Every input must be on
-    /// <see cref="Device"/> (an <see cref="InvalidOperationException"/> names the one that is not).
+    /// <see cref="Device"/> (an <see cref="InvalidOperationException"/> names the one that is not); a token id outside
+    /// the vocabulary (or, for learned positions, a position past the table) is an <see cref="ArgumentOutOfRangeException"/>.
     /// </summary>
     public Tensor Forward(Tensor inputIds, Tensor? attentionMask = null, Tensor? positionIds = null, Generation.KvCache? cache = null)
     {
@@ -34,6 +35,8 @@ public abstract partial class CausalLm : nn.Module
         CheckDevice("input_ids", inputIds, device);
         if (attentionMask is not null) CheckDevice("attention_mask", attentionMask, device);
         if (positionIds is not null) CheckDevice("position_ids", positionIds, device);
+        InputBounds.Check(inputIds, Config.VocabSize, "input_ids",
+            $"the model's vocabulary has {Config.VocabSize} ids (vocab_size in config.json); encode with the model's own tokenizer");
         return ForwardEmbeds(Embed(inputIds), attentionMask, positionIds, cache);
     }
 
@@ -64,6 +67,12 @@ public abstract partial class CausalLm : nn.Module
     {
         foreach (var embedding in modules().OfType<Embedding>()) embedding.OutputRequiresGrad = true;
     }
+
+    /// <summary>
+    /// The longest sequence the model can compute at all (learned absolute positions: GPT-2's n_positions), or null when
+    /// positions have no hard limit (rotary, ALiBi). Generation refuses, before any forward pass, to go past it.
+    /// </summary>
+    internal virtual int? PositionLimit => null;
 
     /// <summary>The device of the model's parameters, where its inputs, labels and KV cache belong.</summary>
     public Device Device

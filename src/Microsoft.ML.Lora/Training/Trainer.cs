@@ -197,7 +197,7 @@ public sealed class Trainer : IDisposable
         var cfg = _model.Model.Config;
         int maxLen = _o.MaxSequenceLength > 0 ? _o.MaxSequenceLength : cfg.MaxPositionEmbeddings;
         if (cfg.MaxPositionEmbeddings > 0) maxLen = Math.Min(maxLen, cfg.MaxPositionEmbeddings);
-        var collator = new Collator(cfg.PadTokenId ?? cfg.EosTokenId ?? 0, cfg.EosTokenId, _o.AppendEos, _o.TrainOnPrompt, maxLen, _o.Overlength);
+        var collator = new Collator(cfg.PadTokenId ?? cfg.EosTokenId ?? 0, cfg.EosTokenId, _o.AppendEos, _o.TrainOnPrompt, maxLen, _o.Overlength, cfg.VocabSize);
         var encoded = train.Select((e, i) => collator.Encode(e, i)).ToList();
         var evalEncoded = eval?.Select((e, i) => collator.Encode(e, i)).ToList();
         if (evalEncoded is { Count: 0 }) throw new ArgumentException("The eval set is empty; pass null for no evaluation.", nameof(eval));
