@@ -53,7 +53,7 @@ internal sealed class TorchSharpTextGeneratorFactory : ITextGeneratorFactory
         var model = ModelLoader.Load(options.BaseModelFolder, LoadOptions(options));
         try
         {
-            var lora = PeftAdapterIO.Load(model, adapterFolder);
+            var lora = PeftModel.FromPretrained(model, adapterFolder); // for generation: loaded in inference mode, as any method allows
             model.eval();
             return new TorchSharpTextGenerator(lora, tokenizer, options);
         }
