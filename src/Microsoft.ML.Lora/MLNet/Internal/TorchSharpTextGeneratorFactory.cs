@@ -65,7 +65,7 @@ internal sealed class TorchSharpTextGeneratorFactory : ITextGeneratorFactory
     }
 
     /// <summary>Prompt ids (special prefix, BOS/EOS for an empty prompt) and completion ids; EOS appended here when only the tokenizer names it.</summary>
-    private static List<TrainingExample> Encode(IBackendTokenizer tokenizer, ModelConfig config, IReadOnlyList<PromptCompletion> examples, int? eos)
+    internal static List<TrainingExample> Encode(IBackendTokenizer tokenizer, ModelConfig config, IReadOnlyList<PromptCompletion> examples, int? eos)
     {
         var list = examples.Select(e => new TrainingExample(
             e.PromptIds is { } p ? PromptIds(tokenizer, p, config) : PromptIds(tokenizer, e.Prompt, config),
