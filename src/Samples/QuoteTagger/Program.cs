@@ -1,5 +1,6 @@
 // QuoteTagger: LoRA fine-tuning of a causal LM inside an ML.NET pipeline. Reads quotes with their tags, trains an
-// adapter to complete "quote ->: " with "tag1, tag2, tag3", charts the loss, tags new quotes and saves an adapter-only model.
+// adapter to complete "quote ->: " with "tag1, tag2, tag3" (progress bar: Spectre.Console), charts the training and
+// validation loss (loss.png: ScottPlot), tags new quotes and saves an adapter-only model.
 // The pipeline: ConcatenateText (prompt) -> Tokenize (prompt, completion) -> Lora().CausalLm on the token id columns.
 //
 //   dotnet run -c Release --project src/Samples/QuoteTagger [-- --base-model <folder>] [--out <folder>]
@@ -8,13 +9,12 @@
 // Without --base-model a tiny BLOOM with random weights and a byte-level tokenizer is created in a cache folder: it
 // runs in about half a minute on two CPU cores, but an untrained base of that size only produces toy tags.
 using System.Diagnostics;
-using System.Globalization;
 using System.Text.Json;
-using System.Text.RegularExpressions;
 using Microsoft.ML;
 using Microsoft.ML.Data;
 using Microsoft.ML.Lora;
 using QuoteTagger;
+using Spectre.Console;
 
 var clock = Stopwatch.StartNew();
 string? baseModel = null;
@@ -64,24 +64,16 @@ var quotes = File.ReadLines(dataFile)
 Console.WriteLine($"dataset: {quotes.Count} quotes from {dataFile}");
 
 var ml = new MLContext(seed: 0);
-IDataView data = ml.Data.LoadFromEnumerable(quotes);
+// A fifth of the quotes is held out: the trainer reports the loss on them (validation loss) beside the training loss.
+var split = ml.Data.TrainTestSplit(ml.Data.LoadFromEnumerable(quotes), testFraction: 0.2, seed: 0);
+IDataView data = split.TrainSet;
 
-// Progress and loss come through the MLContext log: "step 12/80: loss 2.3456, learning rate 0.005, ...".
-var losses = new List<(int step, double loss)>();
-var progress = new ConsoleProgress();
-var stepLine = new Regex(@"^step (\d+)/(\d+): loss ([0-9.eE+-]+|NaN), learning rate ([0-9.eE+-]+), ([0-9]+) tokens/s, elapsed ([0-9.]+) s");
+// The MLContext log carries PEFT's trainable-parameter line; progress comes typed, through options.Progress.
+var view = new TrainingView();
 ml.Log += (_, e) =>
 {
-    string message = e.RawMessage;
-    if (message.StartsWith("trainable params:", StringComparison.Ordinal))
-        Console.WriteLine(message);
-    else if (stepLine.Match(message) is { Success: true } m)
-    {
-        double P(int g) => double.Parse(m.Groups[g].Value, CultureInfo.InvariantCulture);
-        int step = (int)P(1);
-        losses.Add((step, P(3)));
-        progress.Report((step, (int)P(2), P(3), P(4), P(5), TimeSpan.FromSeconds(P(6))));
-    }
+    if (e.RawMessage.StartsWith("trainable params:", StringComparison.Ordinal))
+        AnsiConsole.WriteLine(e.RawMessage);
 };
 
 var options = new LoraCausalLmOptions
@@ -96,27 +88,30 @@ var options = new LoraCausalLmOptions
     Lora = tiny
         ? new LoraAdapterOptions { Rank = 16, Alpha = 32, Dropout = 0f, TargetModules = ["all-linear"] }
         : new LoraAdapterOptions { Rank = 16, Alpha = 32, Dropout = 0.05f },
+    // LoggingSteps: a progress report (and a validation) every 4 steps, once per epoch of the tiny run.
     Training = tiny
-        ? new LoraTrainingOptions { Epochs = 40, BatchSize = 8, LearningRate = 5e-3f, LoggingSteps = 1, WarmupRatio = 0.05 }
-        : new LoraTrainingOptions { Epochs = 3, BatchSize = 4, LearningRate = 3e-4f, LoggingSteps = 1 },
+        ? new LoraTrainingOptions { Epochs = 40, BatchSize = 8, LearningRate = 5e-3f, LoggingSteps = 4, WarmupRatio = 0.05 }
+        : new LoraTrainingOptions { Epochs = 3, BatchSize = 4, LearningRate = 3e-4f, LoggingSteps = 2 },
     Generation = { MaxNewTokens = 24, BatchSize = 8 },
+    Progress = view,
 };
 
 // Prompt "quote ->: ", tokenized with the base model's tokenizer (with its special tokens, as a prompt); completion
 // "tag1, tag2, tag3" tokenized without them (the trainer appends EOS); LoRA fine-tuning on the two token id columns.
-var pipeline = ml.Transforms.Text.ConcatenateText("Prompt", ["Quote"], suffix: " ->: ")
+// The text steps are fitted first so that the trainer can be given the validation rows: Fit(train, validation).
+var prompts = ml.Transforms.Text.ConcatenateText("Prompt", ["Quote"], suffix: " ->: ")
     .Append(ml.Lora().Tokenize(baseModel, "PromptIds", "Prompt"))
     .Append(ml.Lora().Tokenize(baseModel, "CompletionIds", "Tags", addSpecialTokens: false))
-    .Append(ml.Lora().CausalLm(options));
+    .Fit(data);
+var trainer = ml.Lora().CausalLm(options);
 
 Console.WriteLine($"fine-tuning: {options.Training.Epochs} epochs, batch {options.Training.BatchSize}, lr {options.Training.LearningRate}, r {options.Lora.Rank}");
-var model = pipeline.Fit(data);
-progress.Complete();
-if (losses.Count > 0)
-    Console.WriteLine(FormattableString.Invariant($"loss: {losses[0].loss:F3} at step {losses[0].step} -> {losses[^1].loss:F3} at step {losses[^1].step}"));
+var lora = view.Run(() => trainer.Fit(prompts.Transform(data), prompts.Transform(split.TestSet)));
+var model = prompts.Append(lora);
+AnsiConsole.Write(view.Summary());
 
 string chart = Path.Combine(outputDirectory, "loss.png");
-LossChart.WritePng(chart, losses, "quote tagger LoRA: training loss");
+LossChart.WritePng(chart, view.TrainingLoss, view.ValidationLoss, "quote tagger LoRA: training and validation loss");
 Console.WriteLine($"wrote {chart}");
 
 // Tag new quotes: a prediction reads only the quote (Tags stays empty; its token ids feed only the training).

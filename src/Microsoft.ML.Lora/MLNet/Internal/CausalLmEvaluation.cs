@@ -42,7 +42,9 @@ internal static class CausalLmEvaluation
         }
         if (examples.Count == 0) throw new InvalidOperationException("The evaluation data has no rows.");
 
-        var (sum, tokens) = lora.Generator.CompletionLoss(examples);
+        double sum; long tokens;
+        try { (sum, tokens) = lora.Generator.CompletionLoss(examples); }
+        catch (PromptException e) { throw e.At(0, e.InCompletion ? o.CompletionColumn : o.PromptColumn); }
         return new LoraCausalLmMetrics(examples.Count, tokens, sum, referenceColumnName is null ? null : TagSets.Count(texts, tagSeparator));
     }
 
