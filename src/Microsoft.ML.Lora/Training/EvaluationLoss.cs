@@ -32,7 +32,7 @@ internal static class EvaluationLoss
             {
                 using var scope = NewDisposeScope();
                 using var b = collator.Collate(examples.Skip(i).Take(batchSize).ToList(), model.Model.Device);
-                var (s, c) = CausalLmLoss.Sum(model.Forward(b.InputIds, b.AttentionMask), model.LossLabels(b.Labels));
+                var (s, c) = model.LossSum(b.InputIds, b.AttentionMask, b.Labels);
                 sum += s.item<float>(); count += c;
             }
         return (sum, count);

@@ -126,8 +126,8 @@ public sealed class Trainer : IDisposable
         foreach (var b in microBatches)
         {
             using var scope = NewDisposeScope();
-            var logits = _model.Forward(b.InputIds, b.AttentionMask);
-            var (sum, _) = CausalLmLoss.Sum(logits, _model.LossLabels(b.Labels));
+            // From the hidden states through a chunked head: the (batch, seq, vocab) float32 logits never exist whole.
+            var (sum, _) = _model.LossSum(b.InputIds, b.AttentionMask, b.Labels);
             var loss = sum.div(valid);
             double value = loss.item<float>();
             if (!double.IsFinite(value))
