@@ -54,10 +54,26 @@ internal interface IPeftTuner
     /// <summary>Takes every merged update out of the base weights again (unmerge_adapter).</summary>
     void Unmerge();
 
-    /// <summary>Puts the original modules back, merging adapter <paramref name="mergeName"/> first when given (merge_and_unload / unload).</summary>
-    void Unload(string? mergeName);
+    /// <summary>
+    /// Puts the original modules back, merging adapter <paramref name="mergeName"/> first when given (merge_and_unload /
+    /// unload), and returns the plain model.
+    /// </summary>
+    CausalLm Unload(string? mergeName);
+
+    /// <summary>
+    /// Positions the active adapter puts in front of the logits (prompt tuning and P-tuning: its virtual tokens); the
+    /// loss gives them -100 labels, as PEFT prepends them. 0 for methods that keep the input's length.
+    /// </summary>
+    int VirtualTokenPositions => 0;
 
     /// <summary>Logits of the model with the active adapter; methods that change the input (prompt learning) override it.</summary>
     Tensor Forward(Tensor inputIds, Tensor? attentionMask, Tensor? positionIds, Generation.KvCache? cache) =>
         Model.Forward(inputIds, attentionMask, positionIds, cache);
+
+    /// <summary>
+    /// The summed causal-LM loss and label count with the active adapter, from the hidden states and a chunked head
+    /// (<see cref="CausalLm.LossSum"/>): what the trainer minimises. Prompt learning is its own Model, so this covers it.
+    /// </summary>
+    (Tensor Sum, long Count) LossSum(Tensor inputIds, Tensor? attentionMask, Tensor labels) =>
+        Model.LossSum(inputIds, attentionMask, labels);
 }

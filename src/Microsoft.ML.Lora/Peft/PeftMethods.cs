@@ -19,6 +19,9 @@ internal static class PeftMethods
     [
         new("LORA", LoraConfigJson.Read, model => new LoraModel(model)),
         new("IA3", IA3Model.ReadConfig, model => new IA3Model(model)),
+        new("PROMPT_TUNING", PromptTuningConfig.Read, model => new PromptLearningModel(model)),
+        new("P_TUNING", PromptEncoderConfig.Read, model => new PromptLearningModel(model)),
+        new("PREFIX_TUNING", PrefixTuningConfig.Read, model => new PromptLearningModel(model)),
     ];
 
     /// <summary>The peft_type names the library supports.</summary>

@@ -39,7 +39,10 @@ public sealed class PeftModel
     /// <summary>The model the adapters are injected into.</summary>
     internal CausalLm Model => Tuner.Model;
 
-    /// <summary>The model the adapter layers are injected into (PEFT's <c>get_base_model()</c>); it runs with the active adapter.</summary>
+    /// <summary>
+    /// The model the adapter layers are injected into (PEFT's <c>get_base_model()</c>); it runs with the active adapter.
+    /// For the prompt-learning methods it is the base model wrapped with the virtual tokens in front.
+    /// </summary>
     public CausalLm GetBaseModel() => Model;
     /// <summary>The name of the adapter used in forward and trained (PEFT's <c>active_adapter</c>).</summary>
     public string ActiveAdapter { get; private set; } = "";
@@ -84,9 +87,10 @@ public sealed class PeftModel
     /// <param name="isTrainable">Train it further (false, as PEFT: loaded for inference, nothing trains).</param>
     /// <exception cref="PeftConfigException">adapter_config.json is missing, malformed, or has a peft_type or field that is not supported.</exception>
     /// <exception cref="AdapterLoadException">adapter_model.safetensors is missing, malformed, or does not fit the model (a key missing or unexpected, a shape differs).</exception>
+    /// <exception cref="ArgumentException"><paramref name="isTrainable"/> with a prompt-learning adapter (PEFT refuses it too: the folder holds only the prompt, not its encoder).</exception>
     public static PeftModel FromPretrained(CausalLm model, string folder, string adapterName = "default", bool isTrainable = false)
     {
-        var config = PeftAdapterIO.ReadConfig(folder) with { InferenceMode = !isTrainable };
+        var config = LoadedConfig(folder, isTrainable);
         var peft = GetPeftModel(model, config, adapterName);
         PeftAdapterIO.LoadWeights(peft, folder, adapterName);
         return peft;
@@ -112,10 +116,23 @@ public sealed class PeftModel
     /// <param name="isTrainable">Train it when it is made active (false: loaded for inference).</param>
     /// <exception cref="PeftConfigException">adapter_config.json is missing, malformed or not supported.</exception>
     /// <exception cref="AdapterLoadException">adapter_model.safetensors is missing, malformed or does not fit the model.</exception>
+    /// <exception cref="ArgumentException"><paramref name="isTrainable"/> with a prompt-learning adapter (as PEFT).</exception>
     public void LoadAdapter(string folder, string name, bool isTrainable = false)
     {
-        AddAdapter(name, PeftAdapterIO.ReadConfig(folder) with { InferenceMode = !isTrainable });
+        AddAdapter(name, LoadedConfig(folder, isTrainable));
         PeftAdapterIO.LoadWeights(this, folder, name);
+    }
+
+    /// <summary>
+    /// The config of an adapter folder, in inference mode unless <paramref name="isTrainable"/>. As PEFT, a prompt-learning
+    /// adapter cannot be loaded trainable: its folder holds only the prompt its encoder produced, not the encoder.
+    /// </summary>
+    private static PeftConfig LoadedConfig(string folder, bool isTrainable)
+    {
+        var config = PeftAdapterIO.ReadConfig(folder);
+        if (config is PromptLearningConfig && isTrainable)
+            throw new ArgumentException($"Cannot set a prompt learning adapter to trainable when loading pretrained adapter. '{folder}' is {config.PeftType}: it holds only the prompt its encoder produced; start a new adapter with GetPeftModel to train.");
+        return config with { InferenceMode = !isTrainable };
     }
 
     /// <summary>Makes <paramref name="name"/> the adapter used in forward and the trained one (PEFT's <c>set_adapter</c>).</summary>
@@ -180,6 +197,35 @@ public sealed class PeftModel
     /// <param name="cache">Keys and values of earlier calls, or null.</param>
     public Tensor Forward(Tensor inputIds, Tensor? attentionMask = null, Tensor? positionIds = null, Generation.KvCache? cache = null) =>
         Tuner.Forward(inputIds, attentionMask, positionIds, cache);
+
+    /// <summary>
+    /// Labels for the logits of <see cref="Forward"/>: n × -100 in front when the active adapter puts n virtual tokens
+    /// in front of the input (prompt tuning, P-tuning), as PEFT's forward does; otherwise the labels themselves.
+    /// </summary>
+    internal Tensor LossLabels(Tensor labels) => Tuner.VirtualTokenPositions is int n and > 0
+        ? cat([full(labels.shape[0], n, Training.CausalLmLoss.IgnoreIndex, dtype: labels.dtype, device: labels.device), labels], 1)
+        : labels;
+
+    /// <summary>
+    /// The label tokens of <paramref name="batch"/> that count in the loss of <see cref="Forward"/>'s logits. After n ≥ 1
+    /// virtual tokens every label counts, the first too (the last virtual token predicts it); otherwise the shifted
+    /// labels count (the collator's number).
+    /// </summary>
+    internal long CountLabelTokens(Training.Batch batch)
+    {
+        if (Tuner.VirtualTokenPositions == 0) return batch.CountLabelTokens();
+        using var valid = batch.Labels.ne(Training.CausalLmLoss.IgnoreIndex);
+        using var sum = valid.sum();
+        return sum.item<long>();
+    }
+
+    /// <summary>
+    /// The summed causal-LM loss of a batch with the active adapter and its number of label tokens (virtual tokens'
+    /// -100 labels prepended by <see cref="LossLabels"/>), without the whole batch's logits
+    /// (<see cref="CausalLm.LossSum"/>); the tensors belong to the caller's dispose scope.
+    /// </summary>
+    internal (Tensor Sum, long Count) LossSum(Tensor inputIds, Tensor? attentionMask, Tensor labels) =>
+        Tuner.LossSum(inputIds, attentionMask, LossLabels(labels));
 
     /// <summary>
     /// The adapter's tensors by the key PEFT saves them under: the method's state dict plus the adapter's
@@ -299,12 +345,12 @@ public sealed class PeftModel
     private CausalLm Unload(bool merge)
     {
         var adapter = ActiveAdapter;
-        Tuner.Unload(merge ? adapter : null);
+        var model = Tuner.Unload(merge ? adapter : null);
         foreach (var (path, w) in _saved)
-            ModuleSurgery.Replace(Model, path, merge && w.Has(adapter) ? w.Copy(adapter) : w.OriginalModule);
+            ModuleSurgery.Replace(model, path, merge && w.Has(adapter) ? w.Copy(adapter) : w.OriginalModule);
         _saved.Clear();
         _configs.Clear();
-        return Model;
+        return model;
     }
 
     private sealed class Restore(Action a) : IDisposable { public void Dispose() => a(); }

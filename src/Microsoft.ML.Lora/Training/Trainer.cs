@@ -115,7 +115,7 @@ public sealed class Trainer : IDisposable
     /// <summary>Forward and backward over the micro-batches, leaving the gradients on the trainable parameters; returns the loss.</summary>
     internal double Backward(IReadOnlyList<Batch> microBatches)
     {
-        long valid = microBatches.Sum(b => b.CountLabelTokens()); // the collator's count: no device sync
+        long valid = microBatches.Sum(_model.CountLabelTokens); // the collator's count (no device sync) unless virtual tokens shift the labels
         if (valid == 0) throw new InvalidOperationException($"Step {GlobalStep + 1}: the batch has no label tokens (all -100); nothing to learn from.");
         _model.Model.train();
         // Dropout masks come from a generator of this step alone (never torch's global one, which concurrent Fits
@@ -126,8 +126,8 @@ public sealed class Trainer : IDisposable
         foreach (var b in microBatches)
         {
             using var scope = NewDisposeScope();
-            var logits = _model.Forward(b.InputIds, b.AttentionMask);
-            var (sum, _) = CausalLmLoss.Sum(logits, b.Labels);
+            // From the hidden states through a chunked head: the (batch, seq, vocab) float32 logits never exist whole.
+            var (sum, _) = _model.LossSum(b.InputIds, b.AttentionMask, b.Labels);
             var loss = sum.div(valid);
             double value = loss.item<float>();
             if (!double.IsFinite(value))
@@ -168,7 +168,7 @@ public sealed class Trainer : IDisposable
             {
                 using var scope = NewDisposeScope();
                 using var b = collator.Collate(examples.Skip(i).Take(_o.BatchSize).ToList(), _model.Model.Device);
-                var (s, c) = CausalLmLoss.Sum(_model.Forward(b.InputIds, b.AttentionMask), b.Labels);
+                var (s, c) = _model.LossSum(b.InputIds, b.AttentionMask, b.Labels);
                 sum += s.item<float>(); count += c;
             }
         _model.Model.train();

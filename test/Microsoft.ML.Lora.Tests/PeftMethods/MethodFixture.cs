@@ -54,27 +54,36 @@ internal sealed class MethodFixture(string method, string arch) : IDisposable
     public static double LossRelErr(IReadOnlyList<double> actual, IReadOnlyList<double> expected) =>
         actual.Zip(expected, (a, b) => Math.Abs(a - b) / Math.Abs(b)).Max();
 
+    /// <summary>The recipe's optimizer as TrainingOptions: AdamW lr 1e-3, weight decay 0, no clipping, constant schedule, 3 steps.</summary>
+    public static TrainingOptions Recipe => new() { LearningRate = 1e-3, WeightDecay = 0, MaxGradNorm = 0, LrScheduler = LrSchedulerType.Constant, MaxSteps = 3 };
+
     /// <summary>
-    /// The recipe's optimizer loop (torch.optim.AdamW, lr 1e-3, weight decay 0; forward, backward, step, zero_grad) for
-    /// methods the trainer does not take yet. Returns the losses before each update and leaves the step-0 gradients in
-    /// <paramref name="step0Grads"/> (by parameter name).
+    /// The recipe through the library's <see cref="Trainer"/> on the training batch: one backward for the step-0
+    /// gradients (compared with grad_step0.*), then 3 AdamW steps (losses before each update, compared with
+    /// losses.json), then the trained values (compared with trained.*). <paramref name="peftPrefix"/> turns a parameter
+    /// name of ours into PEFT's in-memory name ("base_model.model." for the layer methods, "" for prompt learning);
+    /// <paramref name="afterBackward"/> sees the step-0 gradients.
     /// </summary>
-    public static double[] AdamW(IReadOnlyList<(string Name, TorchSharp.Modules.Parameter P)> parameters, Func<Tensor> loss, int steps, Dictionary<string, Tensor>? step0Grads = null)
+    public TrainResult Train(PeftModel peft, string peftPrefix = "base_model.model.", Action? afterBackward = null)
     {
-        using var optimizer = TorchSharp.torch.optim.AdamW(parameters.Select(p => p.P), lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0);
-        var losses = new double[steps];
-        for (int i = 0; i < steps; i++)
-        {
-            using var scope = NewDisposeScope();
-            var l = loss();
-            losses[i] = l.item<float>();
-            l.backward();
-            if (i == 0 && step0Grads is not null)
-                foreach (var (n, p) in parameters) step0Grads[n] = p.grad!.clone().MoveToOuterDisposeScope();
-            optimizer.step();
-            optimizer.zero_grad();
-        }
-        return losses;
+        using var batch = TrainBatch();
+        using var trainer = new Trainer(peft, Recipe);
+        trainer.Backward([batch]);
+        double gradErr = peft.TrainableParameters().Max(p => RelErr(p.P.grad!, Load($"grad_step0.{peftPrefix}{p.Name}")));
+        afterBackward?.Invoke();
+        trainer.ZeroGrad();
+        var losses = Enumerable.Range(0, 3).Select(_ => trainer.Step([batch], 1e-3)).ToArray();
+        // Absolute: Adam moves every entry by about lr per step whatever its gradient, so entries whose gradient is near 0
+        // (LoRA's B starts at 0) differ relatively more while every value agrees far below the acceptance bound.
+        double paramErr = MaxAbsErr(peft.TrainableParameters(), n => Load($"trained.{peftPrefix}{n}"));
+        return new TrainResult($"{method} {arch}", losses, LossRelErr(losses, Losses), gradErr, paramErr);
+    }
+
+    /// <summary>What <see cref="Train"/> measured.</summary>
+    public sealed record TrainResult(string Name, double[] Losses, double LossErr, double GradErr, double ParamErr)
+    {
+        public override string ToString() =>
+            $"{Name}: losses [{string.Join(", ", Losses.Select(x => x.ToString("F6")))}] max rel {LossErr:E2}; step-0 grad rel {GradErr:E2}; trained params max abs {ParamErr:E2}";
     }
 
     /// <summary>The adapter file of <paramref name="ours"/> holds the keys of <paramref name="peft"/>'s, with byte-identical tensors.</summary>

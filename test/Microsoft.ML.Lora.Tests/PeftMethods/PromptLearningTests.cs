@@ -5,7 +5,6 @@ using Microsoft.ML.Lora.Peft;
 using Microsoft.ML.Lora.Training;
 using Xunit.Abstractions;
 using static TorchSharp.torch;
-using Generator = Microsoft.ML.Lora.Generation.Generator;
 
 namespace Microsoft.ML.Lora.Tests.PeftMethods;
 
@@ -41,12 +40,15 @@ public class PromptLearningTests(ITestOutputHelper output)
 
     private static int Virtual(string method) => method.StartsWith("prefix", StringComparison.Ordinal) ? 0 : 8;
 
-    private static double Logits(MethodFixture f, CausalLm model, string reference, int virtualTokens)
+    private static double Logits(MethodFixture f, PeftModel peft, string reference, int virtualTokens)
     {
         using var _ = no_grad();
+        peft.GetBaseModel().eval();
         var mask = f.Load("logits_attention_mask");
-        return MethodFixture.MaxErr(model.Forward(f.Load("logits_input_ids"), mask), f.Load(reference), mask, virtualTokens);
+        return MethodFixture.MaxErr(peft.Forward(f.Load("logits_input_ids"), mask), f.Load(reference), mask, virtualTokens);
     }
+
+    private static PeftModel New(string method, string arch) => PeftModel.GetPeftModel(ModelLoader.Load(Fixtures.Model(arch)), Config(method, arch));
 
     [Theory]
     [MemberData(nameof(Cases))]
@@ -54,12 +56,12 @@ public class PromptLearningTests(ITestOutputHelper output)
     {
         using var scope = NewDisposeScope();
         using var f = new MethodFixture(method, arch);
-        var pl = PromptLearningModel.Apply(ModelLoader.Load(Fixtures.Model(arch)), Config(method, arch));
-        pl.eval();
-        pl.TrainableReport().Should().Be(f.Meta["print_trainable_parameters"]!.GetValue<string>());
-        pl.TrainableParameters().Select(p => p.Name).Should().Equal(f.Meta["trainable_parameter_names_in_memory"]!.AsArray().Select(x => x!.GetValue<string>()));
-        double init = pl.TrainableParameters().Max(p => MethodFixture.RelErr(p.P, f.Load($"init.{p.Name}")));
-        double logits = Logits(f, pl, "logits_init", Virtual(method));
+        var peft = New(method, arch);
+        peft.PeftType.Should().Be(f.Meta["peft_config"]!["peft_type"]!.GetValue<string>());
+        peft.TrainableReport().Should().Be(f.Meta["print_trainable_parameters"]!.GetValue<string>());
+        peft.TrainableParameters().Select(p => p.Name).Should().Equal(f.Meta["trainable_parameter_names_in_memory"]!.AsArray().Select(x => x!.GetValue<string>()));
+        double init = peft.TrainableParameters().Max(p => MethodFixture.RelErr(p.P, f.Load($"init.{p.Name}")));
+        double logits = Logits(f, peft, "logits_init", Virtual(method));
         output.WriteLine($"{method} {arch}: init params max rel {init:E2}, logits_init max abs {logits:E2}");
         init.Should().BeLessThanOrEqualTo(1e-6, "the seeded generator draws torch's values in torch's order");
         logits.Should().BeLessThanOrEqualTo(1e-4);
@@ -67,29 +69,20 @@ public class PromptLearningTests(ITestOutputHelper output)
 
     [Theory]
     [MemberData(nameof(Cases))]
-    public void Three_adamw_steps_reproduce_losses_gradients_trained_values_and_logits(string method, string arch)
+    public void Trainer_reproduces_losses_gradients_trained_values_and_logits(string method, string arch)
     {
         using var scope = NewDisposeScope();
         using var f = new MethodFixture(method, arch);
-        var pl = PromptLearningModel.Apply(ModelLoader.Load(Fixtures.Model(arch)), Config(method, arch));
-        var trainable = pl.TrainableParameters();
-        using (no_grad()) foreach (var (name, p) in trainable) p.copy_(f.Load($"init.{name}")); // README: training starts from init.*
-        using var batch = f.TrainBatch();
-        using var labels = pl.PrepareLabels(batch.Labels);
-        pl.train();
-        var grads = new Dictionary<string, Tensor>();
-        var losses = MethodFixture.AdamW(trainable, () => CausalLmLoss.Mean(pl.Forward(batch.InputIds, batch.AttentionMask), labels), 3, grads);
-        pl.eval();
-        double lossErr = MethodFixture.LossRelErr(losses, f.Losses);
-        double gradErr = grads.Max(g => MethodFixture.RelErr(g.Value, f.Load($"grad_step0.{g.Key}")));
-        double paramErr = MethodFixture.MaxAbsErr(trainable, n => f.Load($"trained.{n}"));
-        double logits = Logits(f, pl, "logits_trained", Virtual(method));
-        output.WriteLine($"{method} {arch}: losses [{string.Join(", ", losses.Select(x => x.ToString("F6")))}] max rel {lossErr:E2}; step-0 grad rel {gradErr:E2}; trained max abs {paramErr:E2}; logits_trained {logits:E2}");
-        lossErr.Should().BeLessThanOrEqualTo(1e-5);
-        gradErr.Should().BeLessThanOrEqualTo(1e-4);
+        var peft = New(method, arch);
+        using (no_grad()) foreach (var (name, p) in peft.TrainableParameters()) p.copy_(f.Load($"init.{name}")); // README: training starts from init.*
+        var r = f.Train(peft, peftPrefix: "");
+        double logits = Logits(f, peft, "logits_trained", Virtual(method));
+        output.WriteLine($"{r}; logits_trained {logits:E2}");
+        r.LossErr.Should().BeLessThanOrEqualTo(1e-5);
+        r.GradErr.Should().BeLessThanOrEqualTo(1e-4);
         // Adam moves every entry by about lr per step whatever its gradient, so entries whose gradient is near 0 carry the
         // largest differences (1.2e-5 on bloom's prefix projection); the acceptance bound is 1e-4.
-        paramErr.Should().BeLessThanOrEqualTo(2e-5);
+        r.ParamErr.Should().BeLessThanOrEqualTo(2e-5);
         logits.Should().BeLessThanOrEqualTo(1e-4);
     }
 
@@ -99,45 +92,85 @@ public class PromptLearningTests(ITestOutputHelper output)
     {
         using var scope = NewDisposeScope();
         using var f = new MethodFixture(method, arch);
-        var init = PromptLearningModel.Load(ModelLoader.Load(Fixtures.Model(arch)), f.AdapterInit);
-        init.eval();
-        double initErr = Logits(f, init, "logits_init", Virtual(method));
-        var pl = PromptLearningModel.Load(ModelLoader.Load(Fixtures.Model(arch)), f.Adapter);
-        pl.eval();
-        pl.TrainableParameters().Should().BeEmpty("a loaded prompt adapter holds only its output, as in PEFT");
-        double trained = Logits(f, pl, "logits_trained", Virtual(method));
+        double initErr = Logits(f, PeftModel.FromPretrained(ModelLoader.Load(Fixtures.Model(arch)), f.AdapterInit), "logits_init", Virtual(method));
+        var peft = PeftModel.FromPretrained(ModelLoader.Load(Fixtures.Model(arch)), f.Adapter);
+        peft.TrainableParameters().Should().BeEmpty("a loaded prompt adapter holds only its output, as in PEFT");
+        double trained = Logits(f, peft, "logits_trained", Virtual(method));
         var prompt = f.Load("gen_prompt_ids").data<long>().Select(x => (int)x).ToList();
         var greedy = new GenerationOptions { MaxNewTokens = 8, EosTokenIds = [] };
         using var _ = no_grad();
-        var withCache = new Generator(pl).Generate(prompt, greedy);
-        var withoutCache = new Generator(pl).Generate(prompt, greedy with { UseCache = false });
+        var withCache = peft.Generate(prompt, greedy);
+        var withoutCache = peft.Generate(prompt, greedy with { UseCache = false });
         output.WriteLine($"{method} {arch}: adapter_init logits {initErr:E2}, adapter logits {trained:E2}; generated [{string.Join(", ", withCache)}]");
         initErr.Should().BeLessThanOrEqualTo(1e-4);
         trained.Should().BeLessThanOrEqualTo(1e-4);
-        withCache.Select(x => (long)x).Should().Equal(f.Greedy()[6..]);
-        withoutCache.Select(x => (long)x).Should().Equal(f.Greedy("greedy_by_repeated_forward")[6..]);
+        withCache.Select(x => (long)x).Should().Equal(f.Greedy()[prompt.Count..]);
+        withoutCache.Select(x => (long)x).Should().Equal(f.Greedy("greedy_by_repeated_forward")[prompt.Count..]);
     }
 
     [Theory]
     [MemberData(nameof(Cases))]
-    public void Saves_only_the_prompt_embeddings_and_peft_config(string method, string arch)
+    public void Saves_only_the_prompt_embeddings_and_peft_config_and_reloads(string method, string arch)
     {
         using var scope = NewDisposeScope();
         using var f = new MethodFixture(method, arch);
-        var pl = PromptLearningModel.Apply(ModelLoader.Load(Fixtures.Model(arch)), Config(method, arch));
-        using (no_grad()) foreach (var (name, p) in pl.TrainableParameters()) p.copy_(f.Load($"trained.{name}"));
+        var peft = New(method, arch);
+        using (no_grad()) foreach (var (name, p) in peft.TrainableParameters()) p.copy_(f.Load($"trained.{name}"));
         using var temp = new TempFolder();
-        pl.Save(temp.Path);
-        using var ours = Microsoft.ML.Lora.Checkpoints.SafeTensorsFile.Open(Path.Combine(temp.Path, PeftAdapterIO.WeightsFile));
-        using var peft = Microsoft.ML.Lora.Checkpoints.SafeTensorsFile.Open(Path.Combine(f.Adapter, PeftAdapterIO.WeightsFile));
-        ours.Tensors.Select(t => t.Name).Should().Equal("prompt_embeddings");
-        ours.Info("prompt_embeddings").Shape.Should().Equal(peft.Info("prompt_embeddings").Shape);
-        MethodFixture.RelErr(ours.Load("prompt_embeddings"), peft.Load("prompt_embeddings")).Should().BeLessThanOrEqualTo(1e-5);
+        peft.SavePretrained(temp.Path);
+        using (var ours = Microsoft.ML.Lora.Checkpoints.SafeTensorsFile.Open(Path.Combine(temp.Path, PeftAdapterIO.WeightsFile)))
+        using (var theirs = Microsoft.ML.Lora.Checkpoints.SafeTensorsFile.Open(Path.Combine(f.Adapter, PeftAdapterIO.WeightsFile)))
+        {
+            ours.Tensors.Select(t => t.Name).Should().Equal("prompt_embeddings");
+            ours.Info("prompt_embeddings").Shape.Should().Equal(theirs.Info("prompt_embeddings").Shape);
+            MethodFixture.RelErr(ours.Load("prompt_embeddings"), theirs.Load("prompt_embeddings")).Should().BeLessThanOrEqualTo(1e-5);
+        }
         var mine = PeftAdapterIO.ReadConfigJson(temp.Path);
-        var theirs = PeftAdapterIO.ReadConfigJson(f.Adapter);
-        mine.Select(kv => kv.Key).Should().BeEquivalentTo(theirs.Select(kv => kv.Key));
-        foreach (var (k, v) in theirs)
+        var peftJson = PeftAdapterIO.ReadConfigJson(f.Adapter);
+        mine.Select(kv => kv.Key).Should().BeEquivalentTo(peftJson.Select(kv => kv.Key));
+        foreach (var (k, v) in peftJson)
             if (k != "tokenizer_name_or_path") // PEFT recorded the path it was given
                 JsonNode.DeepEquals(mine[k], v).Should().BeTrue($"{k}: ours {mine[k]?.ToJsonString()}, PEFT's {v?.ToJsonString()}");
+        Logits(f, PeftModel.FromPretrained(ModelLoader.Load(Fixtures.Model(arch)), temp.Path), "logits_trained", Virtual(method)).Should().BeLessThanOrEqualTo(1e-4);
+    }
+
+    [Theory]
+    [InlineData("prompt_tuning", "llama")]
+    [InlineData("prefix_tuning", "bloom")]
+    public void Adapters_load_switch_disable_delete_and_unload_as_peft(string method, string arch)
+    {
+        using var scope = NewDisposeScope();
+        using var f = new MethodFixture(method, arch);
+        var peft = PeftModel.FromPretrained(ModelLoader.Load(Fixtures.Model(arch)), f.AdapterInit);
+        peft.LoadAdapter(f.Adapter, "trained");
+        Logits(f, peft, "logits_init", Virtual(method)).Should().BeLessThanOrEqualTo(1e-4, "the first adapter stays active");
+        peft.SetAdapter("trained");
+        Logits(f, peft, "logits_trained", Virtual(method)).Should().BeLessThanOrEqualTo(1e-4);
+
+        var ids = f.Load("logits_input_ids"); var mask = f.Load("logits_attention_mask");
+        using var plain = ModelLoader.Load(Fixtures.Model(arch));
+        plain.eval();
+        using (no_grad())
+        using (peft.DisableAdapter())
+            MethodFixture.MaxErr(peft.Forward(ids, mask), plain.Forward(ids, mask), mask).Should().Be(0, "disabled, forward is the base model's");
+
+        peft.DeleteAdapter("trained");
+        peft.ActiveAdapter.Should().Be("default");
+        Logits(f, peft, "logits_init", Virtual(method)).Should().BeLessThanOrEqualTo(1e-4);
+        peft.Invoking(p => p.MergeAdapter()).Should().Throw<NotSupportedException>().WithMessage("*cannot be merged*");
+        peft.Invoking(p => p.LoadAdapter(f.Adapter, "again", isTrainable: true)).Should().Throw<ArgumentException>()
+            .WithMessage("Cannot set a prompt learning adapter to trainable when loading pretrained adapter*");
+        var unloaded = peft.Unload();
+        unloaded.Should().NotBeOfType<PromptLearningModel>();
+        using (no_grad()) MethodFixture.MaxErr(unloaded.Forward(ids, mask), plain.Forward(ids, mask), mask).Should().Be(0);
+    }
+
+    [Fact]
+    public void Loading_trainable_is_refused_as_peft_does()
+    {
+        using var scope = NewDisposeScope();
+        var folder = Path.Combine(Fixtures.Root, "peft", "p_tuning", "llama", "adapter");
+        var act = () => PeftModel.FromPretrained(ModelLoader.Load(Fixtures.Model("llama")), folder, isTrainable: true);
+        act.Should().Throw<ArgumentException>().WithMessage("Cannot set a prompt learning adapter to trainable when loading pretrained adapter.*P_TUNING*");
     }
 }

@@ -132,7 +132,7 @@ internal sealed class IA3Model(CausalLm model) : IPeftTuner
     public void Unmerge() { foreach (var l in _layers.Values) l.Unmerge(); }
 
     /// <summary>Merges the vectors of <paramref name="mergeName"/> (when given) into the base weights and puts the original linears back (PEFT's merge_and_unload / unload).</summary>
-    public void Unload(string? mergeName)
+    public CausalLm Unload(string? mergeName)
     {
         foreach (var (path, l) in _layers)
         {
@@ -140,6 +140,6 @@ internal sealed class IA3Model(CausalLm model) : IPeftTuner
             ModuleSurgery.Replace(Model, path, l.BaseLayer);
         }
         _layers.Clear();
-        _configs.Clear();
+        _configs.Clear();        return Model;
     }
 }

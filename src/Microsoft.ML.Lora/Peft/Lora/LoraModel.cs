@@ -264,7 +264,7 @@ internal sealed class LoraModel(CausalLm model) : IPeftTuner
     }
 
     /// <summary>Merges adapter <paramref name="mergeName"/> (when given) into the base weights and puts the original linears back (PEFT's merge_and_unload / unload).</summary>
-    public void Unload(string? mergeName)
+    public CausalLm Unload(string? mergeName)
     {
         foreach (var (path, l) in _layers)
         {
@@ -278,6 +278,6 @@ internal sealed class LoraModel(CausalLm model) : IPeftTuner
         }
         _layers.Clear();
         _embeddings.Clear();
-        _configs.Clear();
+        _configs.Clear();        return Model;
     }
 }

@@ -31,7 +31,7 @@ public sealed record PromptEncoderConfig : PromptLearningConfig
     }
 
     /// <inheritdoc/>
-    public override JsonObject ToJson()
+    internal override JsonObject ToJson()
     {
         var j = base.ToJson();
         j["encoder_dropout"] = EncoderDropout;
@@ -41,12 +41,16 @@ public sealed record PromptEncoderConfig : PromptLearningConfig
         return j;
     }
 
-    internal static PromptEncoderConfig FromJson(JsonObject j, int n) => ReadShared(new PromptEncoderConfig
+    /// <summary>Reads the fields of a P_TUNING adapter_config.json object (the registry's reader); absent fields keep the defaults.</summary>
+    internal static PeftConfig Read(JsonObject j, string path)
     {
-        NumVirtualTokens = n,
-        EncoderReparameterizationType = j["encoder_reparameterization_type"]?.GetValue<string>() ?? "MLP",
-        EncoderHiddenSize = j["encoder_hidden_size"]?.GetValue<int>(),
-        EncoderNumLayers = j["encoder_num_layers"]?.GetValue<int>() ?? 2,
-        EncoderDropout = j["encoder_dropout"]?.GetValue<double>() ?? 0,
-    }, j);
+        var c = new PromptEncoderConfig { NumVirtualTokens = ReadVirtualTokens(j, path) };
+        return ReadShared(c with
+        {
+            EncoderReparameterizationType = PeftJson.String(j, "encoder_reparameterization_type", path) ?? c.EncoderReparameterizationType,
+            EncoderHiddenSize = PeftJson.Int(j, "encoder_hidden_size", path),
+            EncoderNumLayers = PeftJson.Int(j, "encoder_num_layers", path) ?? c.EncoderNumLayers,
+            EncoderDropout = PeftJson.Double(j, "encoder_dropout", path) ?? c.EncoderDropout,
+        }, j, path);
+    }
 }

@@ -29,7 +29,7 @@ public sealed record PrefixTuningConfig : PromptLearningConfig
     }
 
     /// <inheritdoc/>
-    public override JsonObject ToJson()
+    internal override JsonObject ToJson()
     {
         var j = base.ToJson();
         j["encoder_hidden_size"] = EncoderHiddenSize;
@@ -37,10 +37,11 @@ public sealed record PrefixTuningConfig : PromptLearningConfig
         return j;
     }
 
-    internal static PrefixTuningConfig FromJson(JsonObject j, int n) => ReadShared(new PrefixTuningConfig
+    /// <summary>Reads the fields of a PREFIX_TUNING adapter_config.json object (the registry's reader).</summary>
+    internal static PeftConfig Read(JsonObject j, string path) => ReadShared(new PrefixTuningConfig
     {
-        NumVirtualTokens = n,
-        EncoderHiddenSize = j["encoder_hidden_size"]?.GetValue<int>(),
-        PrefixProjection = j["prefix_projection"]?.GetValue<bool>() ?? false,
-    }, j);
+        NumVirtualTokens = ReadVirtualTokens(j, path),
+        EncoderHiddenSize = PeftJson.Int(j, "encoder_hidden_size", path),
+        PrefixProjection = PeftJson.Bool(j, "prefix_projection", path) == true,
+    }, j, path);
 }

@@ -9,7 +9,7 @@ namespace Microsoft.ML.Lora.Peft;
 /// of every layer's keys and values (prefix tuning). The sizes left null are filled from the model's config as PEFT's
 /// <c>_prepare_prompt_learning_config</c> does (<see cref="Resolve"/>).
 /// </summary>
-public abstract record PromptLearningConfig
+public abstract record PromptLearningConfig : PeftConfig
 {
     /// <summary><c>num_virtual_tokens</c>: how many virtual tokens (PEFT has no default; 8 to 100 are usual).</summary>
     public required int NumVirtualTokens { get; init; }
@@ -21,18 +21,21 @@ public abstract record PromptLearningConfig
     public int? NumAttentionHeads { get; init; }
     /// <summary><c>num_layers</c>: null takes num_hidden_layers.</summary>
     public int? NumLayers { get; init; }
-    /// <summary><c>base_model_name_or_path</c> written to adapter_config.json.</summary>
-    public string? BaseModelNameOrPath { get; init; }
-    /// <summary><c>inference_mode</c>: true for an adapter loaded from a folder, which holds only the prompt (not trainable).</summary>
-    public bool InferenceMode { get; init; }
 
-    /// <summary>PEFT's <c>peft_type</c> of the method.</summary>
-    public abstract string PeftType { get; }
+    /// <summary>PEFT's checks: a positive number of virtual tokens, one transformer submodule, no modules_to_save.</summary>
+    public override void Validate()
+    {
+        if (NumVirtualTokens <= 0) throw new ArgumentException($"{GetType().Name}.NumVirtualTokens must be positive, got {NumVirtualTokens}.");
+        if (NumTransformerSubmodules is int s && s != 1)
+            throw new ArgumentException($"{GetType().Name}.NumTransformerSubmodules is {s}; a causal LM has 1.");
+        if (ModulesToSave is { Count: > 0 })
+            throw new ArgumentException($"{GetType().Name}.ModulesToSave is not supported with prompt learning; the prompt is the only trained part.");
+    }
 
     /// <summary>The config with the null sizes filled from <paramref name="model"/> (PEFT's _prepare_prompt_learning_config).</summary>
     public virtual PromptLearningConfig Resolve(ModelConfig model)
     {
-        if (NumVirtualTokens <= 0) throw new ArgumentException($"{GetType().Name}.NumVirtualTokens must be positive, got {NumVirtualTokens}.");
+        Validate();
         return this with
         {
             NumLayers = NumLayers ?? model.NumLayers,
@@ -42,47 +45,35 @@ public abstract record PromptLearningConfig
         };
     }
 
-    /// <summary>adapter_config.json as PEFT 0.18 writes it (the shared fields; each method adds its own).</summary>
-    public virtual JsonObject ToJson() => new()
+    /// <summary>The method's fields of adapter_config.json as PEFT 0.18 writes them (the fields of every method are added by the spine).</summary>
+    internal virtual JsonObject ToJson() => new()
     {
-        ["auto_mapping"] = null,
-        ["base_model_name_or_path"] = BaseModelNameOrPath,
-        ["inference_mode"] = true,
-        ["modules_to_save"] = null,
         ["num_attention_heads"] = NumAttentionHeads,
         ["num_layers"] = NumLayers,
         ["num_transformer_submodules"] = NumTransformerSubmodules,
         ["num_virtual_tokens"] = NumVirtualTokens,
-        ["peft_type"] = PeftType,
         ["peft_version"] = IA3Model.PeftVersion,
-        ["revision"] = null,
-        ["task_type"] = "CAUSAL_LM",
         ["token_dim"] = TokenDim,
     };
 
-    /// <summary>Reads the shared fields of an adapter_config.json object into <paramref name="config"/>.</summary>
-    internal static T ReadShared<T>(T config, JsonObject j) where T : PromptLearningConfig => config with
+    /// <summary>
+    /// Reads the shared fields of an adapter_config.json object (at <paramref name="path"/>) into <paramref name="config"/>,
+    /// made by the method with <see cref="ReadVirtualTokens"/>.
+    /// </summary>
+    internal static T ReadShared<T>(T config, JsonObject j, string path) where T : PromptLearningConfig
     {
-        TokenDim = j["token_dim"]?.GetValue<int>(),
-        NumTransformerSubmodules = j["num_transformer_submodules"]?.GetValue<int>(),
-        NumAttentionHeads = j["num_attention_heads"]?.GetValue<int>(),
-        NumLayers = j["num_layers"]?.GetValue<int>(),
-        BaseModelNameOrPath = j["base_model_name_or_path"]?.GetValue<string>(),
-        InferenceMode = true,
-    };
-
-    /// <summary>Parses the adapter_config.json object of a prompt-learning adapter (PROMPT_TUNING, PREFIX_TUNING or P_TUNING).</summary>
-    internal static PromptLearningConfig Read(JsonObject j, string path)
-    {
-        int n = j["num_virtual_tokens"]?.GetValue<int>() ?? throw new InvalidDataException($"'{path}' has no num_virtual_tokens.");
-        if (j["num_transformer_submodules"]?.GetValue<int>() is int s && s != 1)
-            throw new NotSupportedException($"'{path}': num_transformer_submodules {s}; a causal LM uses 1.");
-        return j["peft_type"]?.GetValue<string>() switch
+        if (PeftJson.Int(j, "num_transformer_submodules", path) is int s && s != 1)
+            throw new PeftConfigException($"'{path}': num_transformer_submodules {s}; a causal LM has 1.", path, "num_transformer_submodules");
+        return config with
         {
-            "PROMPT_TUNING" => PromptTuningConfig.FromJson(j, n),
-            "PREFIX_TUNING" => PrefixTuningConfig.FromJson(j, n),
-            "P_TUNING" => PromptEncoderConfig.FromJson(j, n),
-            var t => throw new InvalidDataException($"'{path}' has peft_type '{t}', not a prompt-learning method."),
+            TokenDim = PeftJson.Int(j, "token_dim", path),
+            NumTransformerSubmodules = PeftJson.Int(j, "num_transformer_submodules", path),
+            NumAttentionHeads = PeftJson.Int(j, "num_attention_heads", path),
+            NumLayers = PeftJson.Int(j, "num_layers", path),
         };
     }
+
+    /// <summary>num_virtual_tokens of an adapter_config.json object; required.</summary>
+    internal static int ReadVirtualTokens(JsonObject j, string path) => PeftJson.Int(j, "num_virtual_tokens", path)
+        ?? throw new PeftConfigException($"'{path}' has no num_virtual_tokens.", path, "num_virtual_tokens");
 }

@@ -32,8 +32,9 @@ public sealed record PromptTuningConfig : PromptLearningConfig
     public override string PeftType => "PROMPT_TUNING";
 
     /// <summary>PEFT's __post_init__ checks.</summary>
-    public void Validate()
+    public override void Validate()
     {
+        base.Validate();
         if (PromptTuningInit == PromptTuningInit.Text && string.IsNullOrEmpty(TokenizerNameOrPath))
             throw new ArgumentException("PromptTuningConfig: PromptTuningInit.Text needs TokenizerNameOrPath (the tokenizer folder).");
         if (PromptTuningInit == PromptTuningInit.Text && PromptTuningInitText is null)
@@ -43,7 +44,7 @@ public sealed record PromptTuningConfig : PromptLearningConfig
     }
 
     /// <inheritdoc/>
-    public override JsonObject ToJson()
+    internal override JsonObject ToJson()
     {
         var j = base.ToJson();
         j["prompt_tuning_init"] = PromptTuningInit switch { PromptTuningInit.Text => "TEXT", PromptTuningInit.SampleVocab => "SAMPLE_VOCAB", _ => "RANDOM" };
@@ -53,18 +54,19 @@ public sealed record PromptTuningConfig : PromptLearningConfig
         return j;
     }
 
-    internal static PromptTuningConfig FromJson(JsonObject j, int n) => ReadShared(new PromptTuningConfig
+    /// <summary>Reads the fields of a PROMPT_TUNING adapter_config.json object (the registry's reader).</summary>
+    internal static PeftConfig Read(JsonObject j, string path) => ReadShared(new PromptTuningConfig
     {
-        NumVirtualTokens = n,
-        PromptTuningInit = j["prompt_tuning_init"]?.GetValue<string>() switch
+        NumVirtualTokens = ReadVirtualTokens(j, path),
+        PromptTuningInit = PeftJson.String(j, "prompt_tuning_init", path) switch
         {
             "TEXT" => PromptTuningInit.Text,
             "SAMPLE_VOCAB" => PromptTuningInit.SampleVocab,
             "RANDOM" or null => PromptTuningInit.Random,
-            var s => throw new InvalidDataException($"adapter_config.json: unknown prompt_tuning_init '{s}' (RANDOM, TEXT or SAMPLE_VOCAB)."),
+            var s => throw new PeftConfigException($"'{path}': unknown prompt_tuning_init '{s}' (RANDOM, TEXT or SAMPLE_VOCAB).", path, "prompt_tuning_init"),
         },
-        PromptTuningInitText = j["prompt_tuning_init_text"]?.GetValue<string>(),
-        TokenizerNameOrPath = j["tokenizer_name_or_path"]?.GetValue<string>(),
+        PromptTuningInitText = PeftJson.String(j, "prompt_tuning_init_text", path),
+        TokenizerNameOrPath = PeftJson.String(j, "tokenizer_name_or_path", path),
         TokenizerKwargs = j["tokenizer_kwargs"] as JsonObject is { } k ? (JsonObject)k.DeepClone() : null,
-    }, j);
+    }, j, path);
 }
