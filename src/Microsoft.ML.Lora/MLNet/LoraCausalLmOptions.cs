@@ -107,6 +107,19 @@ public sealed class LoraCausalLmOptions
     /// <summary>Shape of the LoRA adapter. Default: <see cref="LoraAdapterOptions"/>'s defaults.</summary>
     public LoraAdapterOptions Lora { get; set; } = new();
 
+    /// <summary>
+    /// The PEFT method to train instead of the LoRA of <see cref="Lora"/>, with its settings and PEFT's defaults:
+    /// <see cref="Peft.IA3Config"/> ((IA)³), <see cref="Peft.PromptTuningConfig"/> (prompt tuning),
+    /// <see cref="Peft.PromptEncoderConfig"/> (P-tuning), <see cref="Peft.PrefixTuningConfig"/> (prefix tuning), or a
+    /// <see cref="Peft.LoraConfig"/> for LoRA settings <see cref="Lora"/> does not have (DoRA, rsLoRA, bias, ...). When
+    /// set, <see cref="Lora"/> must keep its defaults. A prompt-tuning TEXT init without a tokenizer folder uses the base
+    /// model's. Default null: LoRA shaped by <see cref="Lora"/>. Not written to the options of a saved model: its
+    /// adapter, in PEFT's format, names the method and its settings in adapter_config.json, and a loaded model sets
+    /// this property from it (LoRA adapters stay described by <see cref="Lora"/>).
+    /// </summary>
+    [System.Text.Json.Serialization.JsonIgnore]
+    public Peft.PeftConfig? Method { get; set; }
+
     /// <summary>Fine-tuning settings. Default: <see cref="LoraTrainingOptions"/>'s defaults.</summary>
     public LoraTrainingOptions Training { get; set; } = new();
 
@@ -141,6 +154,7 @@ public sealed class LoraCausalLmOptions
         ComputeDType = ComputeDType,
         Quantization = Quantization,
         Lora = Lora.Clone(),
+        Method = Method,
         Training = Training.Clone(),
         Generation = Generation.Clone(),
         Progress = Progress,
