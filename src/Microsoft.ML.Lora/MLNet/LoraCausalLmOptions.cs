@@ -140,6 +140,27 @@ public sealed class LoraCausalLmOptions
     [System.Text.Json.Serialization.JsonIgnore]
     public CancellationToken CancellationToken { get; set; }
 
+    /// <summary>
+    /// The adapter's config: <see cref="LoraCausalLmOptions.Method"/> when set (recording the base model folder, and
+    /// using its tokenizer for a prompt-tuning TEXT init that names none), else LoRA from <see cref="LoraCausalLmOptions.Lora"/>.
+    /// </summary>
+    internal Peft.PeftConfig ToPeftConfig() => Method switch
+    {
+        null => ToLoraConfig(),
+        Peft.PromptTuningConfig { PromptTuningInit: Peft.PromptTuningInit.Text, TokenizerNameOrPath: null } text =>
+            text with { TokenizerNameOrPath = BaseModelFolder, BaseModelNameOrPath = text.BaseModelNameOrPath ?? BaseModelFolder },
+        var method => method with { BaseModelNameOrPath = method.BaseModelNameOrPath ?? BaseModelFolder },
+    };
+
+    internal Peft.LoraConfig ToLoraConfig() => new()
+    {
+        R = Lora.Rank,
+        LoraAlpha = Lora.Alpha,
+        LoraDropout = Lora.Dropout,
+        TargetModules = Lora.TargetModules is { Length: > 0 } t ? t : null,
+        BaseModelNameOrPath = BaseModelFolder,
+    };
+
     internal LoraCausalLmOptions Clone() => new()
     {
         BaseModelFolder = BaseModelFolder,

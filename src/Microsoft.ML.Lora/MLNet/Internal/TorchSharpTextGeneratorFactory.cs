@@ -22,7 +22,7 @@ internal sealed class TorchSharpTextGeneratorFactory : ITextGeneratorFactory
             PeftModel lora;
             using (var rng = new Generator((ulong)options.Seed.GetValueOrDefault())) // LoRA A initialisation, this Fit's own generator
             using (Rng.Use(rng))
-                lora = PeftModel.GetPeftModel(model, ToPeftConfig(options), warning: control.Warning);
+                lora = PeftModel.GetPeftModel(model, options.ToPeftConfig(), warning: control.Warning);
             log(lora.TrainableReport());
 
             var eos = model.Config.EosTokenId ?? tokenizer.EosId;
@@ -128,27 +128,6 @@ internal sealed class TorchSharpTextGeneratorFactory : ITextGeneratorFactory
         "bfloat16" or "bf16" => ScalarType.BFloat16,
         "float16" or "fp16" or "half" => ScalarType.Float16,
         var d => throw new ArgumentException($"LoraCausalLmOptions.{option} '{d}' is not supported; use float32, bfloat16 or float16."),
-    };
-
-    /// <summary>
-    /// The adapter's config: <see cref="LoraCausalLmOptions.Method"/> when set (recording the base model folder, and
-    /// using its tokenizer for a prompt-tuning TEXT init that names none), else LoRA from <see cref="LoraCausalLmOptions.Lora"/>.
-    /// </summary>
-    internal static PeftConfig ToPeftConfig(LoraCausalLmOptions o) => o.Method switch
-    {
-        null => ToLoraConfig(o),
-        PromptTuningConfig { PromptTuningInit: PromptTuningInit.Text, TokenizerNameOrPath: null } text =>
-            text with { TokenizerNameOrPath = o.BaseModelFolder, BaseModelNameOrPath = text.BaseModelNameOrPath ?? o.BaseModelFolder },
-        var method => method with { BaseModelNameOrPath = method.BaseModelNameOrPath ?? o.BaseModelFolder },
-    };
-
-    internal static LoraConfig ToLoraConfig(LoraCausalLmOptions o) => new()
-    {
-        R = o.Lora.Rank,
-        LoraAlpha = o.Lora.Alpha,
-        LoraDropout = o.Lora.Dropout,
-        TargetModules = o.Lora.TargetModules is { Length: > 0 } t ? t : null,
-        BaseModelNameOrPath = o.BaseModelFolder,
     };
 
     internal static TrainingOptions ToTrainingOptions(LoraCausalLmOptions o, bool appendEos, bool validate = false) => new()

@@ -93,17 +93,4 @@ internal sealed class IA3Model(CausalLm model) : LayerTuner<IA3Config>(model)
 
     /// <summary>The PEFT version whose format this library writes.</summary>
     public const string PeftVersion = "0.18.0";
-
-    /// <summary>Parses IA3's fields of an adapter_config.json object.</summary>
-    public static PeftConfig ReadConfig(JsonObject j, string path)
-    {
-        if (j["modules_to_save"] is JsonArray { Count: > 0 }) throw new PeftConfigException($"'{path}': IA3 with modules_to_save is not supported.", path, "modules_to_save");
-        return new IA3Config
-        {
-            TargetModules = PeftJson.Strings(j, "target_modules", path),
-            FeedforwardModules = PeftJson.Strings(j, "feedforward_modules", path),
-            FanInFanOut = PeftJson.Bool(j, "fan_in_fan_out", path) ?? false,
-            InitIA3Weights = PeftJson.Bool(j, "init_ia3_weights", path) ?? true,
-        };
-    }
 }
