@@ -61,3 +61,29 @@ public sealed class PeftConfigException : LoraException
     /// <summary>The JSON field the error is about (<c>peft_type</c>, <c>r</c>, ...), or null.</summary>
     public string? Field { get; }
 }
+
+/// <summary>
+/// A row of the data given to an ML.NET estimator or transformer cannot be used: its prompt does not fit the model's
+/// context, a token id is outside the vocabulary, or its text cannot be tokenized. The message names the row and the
+/// column, what was wrong and what was expected.
+/// </summary>
+public sealed class DataRowException : LoraException
+{
+    /// <summary>Creates the exception.</summary>
+    /// <param name="message">What was wrong and what was expected, naming the row and the column.</param>
+    /// <param name="row">The row (counted from 0 in the order the cursor read them), or null when unknown (a PredictionEngine's single row).</param>
+    /// <param name="columnName">The column concerned.</param>
+    /// <param name="innerException">The lower-level error, if any.</param>
+    public DataRowException(string message, long? row, string columnName, Exception? innerException = null)
+        : base(message, null, innerException)
+    {
+        Row = row;
+        ColumnName = columnName;
+    }
+
+    /// <summary>The row (counted from 0), or null when unknown.</summary>
+    public long? Row { get; }
+
+    /// <summary>The column concerned.</summary>
+    public string ColumnName { get; }
+}

@@ -80,7 +80,8 @@ public sealed class LoraCausalLmTrainer : IEstimator<LoraCausalLmTransformer>
                 message => ch.Warning(MessageSensitivity.None, message),
                 options.Progress,
                 CheckAlive);
-            generator = _factory.Train(options, examples, validation, control);
+            try { generator = _factory.Train(options, examples, validation, control); }
+            catch (PromptException e) { throw e.At(0, e.InCompletion ? _options.CompletionColumn : _options.PromptColumn); }
         }
         return new LoraCausalLmTransformer(_host, options, baseModel, _factory, generator);
     }

@@ -33,6 +33,13 @@ public sealed class LoraGenerationOptions
     /// </summary>
     public string[] StopStrings { get; set; } = [];
 
+    /// <summary>
+    /// What to do with a prompt whose tokens plus <see cref="MaxNewTokens"/> exceed the model's context
+    /// (max_position_embeddings; for models without one, such as BLOOM, <see cref="LoraTrainingOptions.MaxSequenceLength"/>).
+    /// Checked before any work. Default <see cref="LongPromptPolicy.Error"/>.
+    /// </summary>
+    public LongPromptPolicy LongPrompts { get; set; } = LongPromptPolicy.Error;
+
     /// <summary>Prompts generated together when a transformed data view is read. Default 8.</summary>
     public int BatchSize { get; set; } = 8;
 
@@ -52,6 +59,7 @@ public sealed class LoraGenerationOptions
         }
         Require(MaxNewTokens > 0, nameof(MaxNewTokens), "must be positive", MaxNewTokens);
         Require(BatchSize > 0, nameof(BatchSize), "must be positive", BatchSize);
+        Require(Enum.IsDefined(LongPrompts), nameof(LongPrompts), "must be Error or TruncateLeft", LongPrompts);
         Require(float.IsFinite(Temperature) && Temperature >= 0, nameof(Temperature), "must be 0 (greedy) or a positive finite number", Temperature);
         Require(TopP is > 0 and <= 1, nameof(TopP), "must be in (0, 1]", TopP);
         Require(TopK >= 0, nameof(TopK), "must be 0 (off) or positive", TopK);
@@ -59,4 +67,16 @@ public sealed class LoraGenerationOptions
         Require(StopStrings != null && StopStrings.All(s => !string.IsNullOrEmpty(s)), nameof(StopStrings), "must not be null or hold null or empty strings",
             StopStrings == null ? "null" : $"[{string.Join(", ", StopStrings.Select(s => s == null ? "null" : $"\"{s}\""))}]");
     }
+}
+
+/// <summary>What generation does with a prompt too long for the model's context (<see cref="LoraGenerationOptions.LongPrompts"/>).</summary>
+public enum LongPromptPolicy
+{
+    /// <summary>Throw a <see cref="DataRowException"/> naming the row, before generating anything.</summary>
+    Error,
+    /// <summary>
+    /// Keep the prompt's last tokens, as many as leave room for <see cref="LoraGenerationOptions.MaxNewTokens"/>
+    /// (transformers' text-generation pipeline with handle_long_generation="hole").
+    /// </summary>
+    TruncateLeft,
 }

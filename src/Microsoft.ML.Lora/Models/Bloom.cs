@@ -81,9 +81,12 @@ internal sealed class BloomForCausalLm : CausalLm
     public override Tensor Embed(Tensor inputIds) => transformer.word_embeddings.forward(inputIds);
 
     /// <summary>BLOOM has no position embeddings: <paramref name="positionIds"/> is ignored; ALiBi follows the mask.</summary>
-    /// <remarks>inputsEmbeds: (batch, seq, hidden) → logits (batch, seq, vocab) float32.</remarks>
-    public override Tensor ForwardEmbeds(Tensor inputsEmbeds, Tensor? attentionMask = null, Tensor? positionIds = null, KvCache? cache = null) =>
-        Logits(transformer.forward(inputsEmbeds, attentionMask, cache), EmbeddingWeight.Of(transformer.word_embeddings));
+    /// <remarks>inputsEmbeds: (batch, seq, hidden) → hidden states (batch, seq, hidden) float32.</remarks>
+    internal override Tensor ForwardHidden(Tensor inputsEmbeds, Tensor? attentionMask = null, Tensor? positionIds = null, KvCache? cache = null) =>
+        transformer.forward(inputsEmbeds, attentionMask, cache);
+
+    /// <summary>The tied head: hidden states through the word embedding matrix.</summary>
+    internal override Tensor LmHead(Tensor hiddenStates) => Logits(hiddenStates, EmbeddingWeight.Of(transformer.word_embeddings));
 
     /// <summary>ALiBi slopes of transformers' build_alibi_tensor, also for head counts that are not powers of two.</summary>
     public static float[] AlibiSlopes(int heads)

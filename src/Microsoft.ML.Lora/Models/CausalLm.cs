@@ -38,6 +38,30 @@ public abstract partial class CausalLm : nn.Module
     }
 
     /// <summary>
+    /// The summed causal-LM loss of <paramref name="inputIds"/> against <paramref name="labels"/> (transformers'
+    /// ForCausalLMLoss before its division: shift, ignore -100) and the number of label tokens, computed from the final
+    /// hidden states without ever holding the logits of the whole batch (<see cref="Training.CausalLmLoss.ChunkedSum"/>):
+    /// only positions with a label go through <see cref="LmHead"/>, a chunk of rows at a time. Its tensors belong to the
+    /// caller's dispose scope, which must last until backward.
+    /// </summary>
+    internal (Tensor Sum, long Count) LossSum(Tensor inputIds, Tensor? attentionMask, Tensor labels)
+    {
+        var device = Device;
+        CheckDevice("input_ids", inputIds, device);
+        if (attentionMask is not null) CheckDevice("attention_mask", attentionMask, device);
+        var hidden = ForwardHidden(Embed(inputIds), attentionMask);
+        return Training.CausalLmLoss.ChunkedSum(hidden, labels, LmHead, Config.VocabSize, LmHeadParameters().Where(p => p.requires_grad));
+    }
+
+    /// <summary>
+    /// The parameters <see cref="LmHead"/> uses that may train: those under <c>lm_head</c> (its LoRA, a
+    /// modules_to_save copy). A tied head multiplies by the input embedding's base matrix, which every PEFT method
+    /// keeps frozen. Only these are inputs of the loss's checkpointed chunks, so they alone get gradients through them.
+    /// </summary>
+    internal IEnumerable<TorchSharp.Modules.Parameter> LmHeadParameters() =>
+        named_parameters().Where(p => p.name.StartsWith("lm_head.", StringComparison.Ordinal)).Select(p => p.parameter);
+
+    /// <summary>
     /// transformers' gradient_checkpointing_enable: in training, each decoder layer keeps only its input for backward
     /// and runs again there (with the same dropout masks), so activations take one layer's worth of memory instead of
     /// all layers'. Losses and gradients are those without it; a step costs about one more forward pass.
@@ -93,7 +117,20 @@ public abstract partial class CausalLm : nn.Module
     /// (batch, seq, vocab). What the model does after its embedding lookup (BLOOM's embedding layer norm, GPT-2's
     /// position embeddings) applies to every row of <paramref name="inputsEmbeds"/>.
     /// </summary>
-    public abstract Tensor ForwardEmbeds(Tensor inputsEmbeds, Tensor? attentionMask = null, Tensor? positionIds = null, Generation.KvCache? cache = null);
+    public Tensor ForwardEmbeds(Tensor inputsEmbeds, Tensor? attentionMask = null, Tensor? positionIds = null, Generation.KvCache? cache = null)
+        => LmHead(ForwardHidden(inputsEmbeds, attentionMask, positionIds, cache));
+
+    /// <summary>
+    /// The body of <see cref="ForwardEmbeds"/> (transformers' <c>self.model(...)</c>, its last_hidden_state):
+    /// (batch, seq, hidden) input embeddings → final hidden states (batch, seq, hidden), after the final norm.
+    /// </summary>
+    internal abstract Tensor ForwardHidden(Tensor inputsEmbeds, Tensor? attentionMask = null, Tensor? positionIds = null, Generation.KvCache? cache = null);
+
+    /// <summary>
+    /// The output layer (transformers' <c>lm_head</c>, tied or not, with any final soft-cap): hidden states (..., hidden)
+    /// → float32 logits (..., vocab). Applied to any rows, so the loss can run it on chunks of positions.
+    /// </summary>
+    internal abstract Tensor LmHead(Tensor hiddenStates);
 
     /// <summary>
     /// False (default): the matrix multiplications run in the weights' dtype, as in transformers. True: those of a

@@ -67,11 +67,14 @@ internal sealed class Gemma2ForCausalLm : CausalLm
 
     public override Tensor Embed(Tensor inputIds) => model.embed_tokens.forward(inputIds);
 
-    /// <summary>inputsEmbeds: (batch, seq, hidden) → logits (batch, seq, vocab) float32, soft-capped: cap · tanh(logits / cap).</summary>
-    public override Tensor ForwardEmbeds(Tensor inputsEmbeds, Tensor? attentionMask = null, Tensor? positionIds = null, KvCache? cache = null)
+    /// <summary>inputsEmbeds: (batch, seq, hidden) → hidden states (batch, seq, hidden).</summary>
+    internal override Tensor ForwardHidden(Tensor inputsEmbeds, Tensor? attentionMask = null, Tensor? positionIds = null, KvCache? cache = null) =>
+        model.forward(inputsEmbeds, attentionMask, positionIds, cache);
+
+    /// <summary>lm_head or the tied embedding matrix → float32 logits, soft-capped: cap · tanh(logits / cap).</summary>
+    internal override Tensor LmHead(Tensor hiddenStates)
     {
-        var h = model.forward(inputsEmbeds, attentionMask, positionIds, cache); // (batch, seq, hidden)
-        var logits = lm_head is null ? Logits(h, EmbeddingWeight.Of(model.embed_tokens)) : lm_head.forward(h).As(Precision.Compute);
+        var logits = lm_head is null ? Logits(hiddenStates, EmbeddingWeight.Of(model.embed_tokens)) : lm_head.forward(hiddenStates).As(Precision.Compute);
         return _finalSoftcap is double cap ? (logits / cap).tanh() * cap : logits;
     }
 }

@@ -82,12 +82,12 @@ internal sealed class Gpt2ForCausalLm : CausalLm
 
     public override Tensor Embed(Tensor inputIds) => transformer.wte.forward(inputIds);
 
-    /// <summary>inputsEmbeds: (batch, seq, hidden) → logits (batch, seq, vocab) float32.</summary>
-    public override Tensor ForwardEmbeds(Tensor inputsEmbeds, Tensor? attentionMask = null, Tensor? positionIds = null, KvCache? cache = null)
-    {
-        var h = transformer.forward(inputsEmbeds, attentionMask, positionIds, cache); // (batch, seq, hidden)
-        return Logits(h, EmbeddingWeight.Of(transformer.wte));
-    }
+    /// <summary>inputsEmbeds: (batch, seq, hidden) → hidden states (batch, seq, hidden).</summary>
+    internal override Tensor ForwardHidden(Tensor inputsEmbeds, Tensor? attentionMask = null, Tensor? positionIds = null, KvCache? cache = null) =>
+        transformer.forward(inputsEmbeds, attentionMask, positionIds, cache);
+
+    /// <summary>The tied head: hidden states through wte.</summary>
+    internal override Tensor LmHead(Tensor hiddenStates) => Logits(hiddenStates, EmbeddingWeight.Of(transformer.wte));
 }
 
 /// <summary>GPT-2's body: wte, wpe, h, ln_f.</summary>

@@ -125,12 +125,13 @@ internal sealed class LlamaForCausalLm : CausalLm
 
     public override Tensor Embed(Tensor inputIds) => model.embed_tokens.forward(inputIds);
 
-    /// <summary>inputsEmbeds: (batch, seq, hidden) → logits (batch, seq, vocab) float32.</summary>
-    public override Tensor ForwardEmbeds(Tensor inputsEmbeds, Tensor? attentionMask = null, Tensor? positionIds = null, KvCache? cache = null)
-    {
-        var h = model.forward(inputsEmbeds, attentionMask, positionIds, cache); // (batch, seq, hidden)
-        return lm_head is null ? Logits(h, EmbeddingWeight.Of(model.embed_tokens)) : lm_head.forward(h).As(Precision.Compute);
-    }
+    /// <summary>inputsEmbeds: (batch, seq, hidden) → hidden states (batch, seq, hidden).</summary>
+    internal override Tensor ForwardHidden(Tensor inputsEmbeds, Tensor? attentionMask = null, Tensor? positionIds = null, KvCache? cache = null) =>
+        model.forward(inputsEmbeds, attentionMask, positionIds, cache);
+
+    /// <summary>lm_head, or the tied embedding matrix; float32 logits.</summary>
+    internal override Tensor LmHead(Tensor hiddenStates) =>
+        lm_head is null ? Logits(hiddenStates, EmbeddingWeight.Of(model.embed_tokens)) : lm_head.forward(hiddenStates).As(Precision.Compute);
 }
 
 /// <summary>embed_tokens, layers, norm, and the rotary frequencies.</summary>

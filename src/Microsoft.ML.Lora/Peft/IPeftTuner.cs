@@ -76,4 +76,11 @@ internal interface IPeftTuner
     /// <summary>Logits of the model with the active adapter; methods that change the input (prompt learning) override it.</summary>
     Tensor Forward(Tensor inputIds, Tensor? attentionMask, Tensor? positionIds, Generation.KvCache? cache) =>
         Model.Forward(inputIds, attentionMask, positionIds, cache);
+
+    /// <summary>
+    /// The summed causal-LM loss and label count with the active adapter, from the hidden states and a chunked head
+    /// (<see cref="CausalLm.LossSum"/>): what the trainer minimises. Prompt learning is its own Model, so this covers it.
+    /// </summary>
+    (Tensor Sum, long Count) LossSum(Tensor inputIds, Tensor? attentionMask, Tensor labels) =>
+        Model.LossSum(inputIds, attentionMask, labels);
 }

@@ -220,6 +220,14 @@ public sealed class PeftModel
     }
 
     /// <summary>
+    /// The summed causal-LM loss of a batch with the active adapter and its number of label tokens (virtual tokens'
+    /// -100 labels prepended by <see cref="LossLabels"/>), without the whole batch's logits
+    /// (<see cref="CausalLm.LossSum"/>); the tensors belong to the caller's dispose scope.
+    /// </summary>
+    internal (Tensor Sum, long Count) LossSum(Tensor inputIds, Tensor? attentionMask, Tensor labels) =>
+        Tuner.LossSum(inputIds, attentionMask, LossLabels(labels));
+
+    /// <summary>
     /// The adapter's tensors by the key PEFT saves them under: the method's state dict plus the adapter's
     /// modules_to_save copies under the wrapped module's own path (PEFT drops "modules_to_save.&lt;adapter&gt;").
     /// </summary>

@@ -128,8 +128,8 @@ public sealed class Trainer : IDisposable
         foreach (var b in microBatches)
         {
             using var scope = NewDisposeScope();
-            var logits = _model.Forward(b.InputIds, b.AttentionMask);
-            var (sum, _) = CausalLmLoss.Sum(logits, _model.LossLabels(b.Labels));
+            // From the hidden states through a chunked head: the (batch, seq, vocab) float32 logits never exist whole.
+            var (sum, _) = _model.LossSum(b.InputIds, b.AttentionMask, b.Labels);
             var loss = sum.div(valid);
             double value = loss.item<float>();
             if (!double.IsFinite(value))
@@ -170,7 +170,7 @@ public sealed class Trainer : IDisposable
             {
                 using var scope = NewDisposeScope();
                 using var b = collator.Collate(examples.Skip(i).Take(_o.BatchSize).ToList(), _model.Model.Device);
-                var (s, c) = CausalLmLoss.Sum(_model.Forward(b.InputIds, b.AttentionMask), _model.LossLabels(b.Labels));
+                var (s, c) = _model.LossSum(b.InputIds, b.AttentionMask, b.Labels);
                 sum += s.item<float>(); count += c;
             }
         _model.Model.train();

@@ -36,12 +36,10 @@ internal sealed class TinyLm : CausalLm
 
     public override Tensor Embed(Tensor inputIds) => transformer.Embed(inputIds);
 
-    public override Tensor ForwardEmbeds(Tensor inputsEmbeds, Tensor? attentionMask = null, Tensor? positionIds = null, Microsoft.ML.Lora.Generation.KvCache? cache = null)
-    {
-        using var scope = NewDisposeScope();
-        var x = transformer.forward(inputsEmbeds);
-        return lm_head.forward(x).MoveToOuterDisposeScope();
-    }
+    internal override Tensor ForwardHidden(Tensor inputsEmbeds, Tensor? attentionMask = null, Tensor? positionIds = null, Microsoft.ML.Lora.Generation.KvCache? cache = null) =>
+        transformer.forward(inputsEmbeds);
+
+    internal override Tensor LmHead(Tensor hiddenStates) => lm_head.forward(hiddenStates);
 
     private sealed class TinyTransformer : nn.Module<Tensor, Tensor>
     {

@@ -36,12 +36,13 @@ public sealed class DevicePlacementTests
         public override Tensor Embed(Tensor inputIds) =>
             zeros([inputIds.shape[0], inputIds.shape[1], _config.HiddenSize], device: inputIds.device);
 
-        public override Tensor ForwardEmbeds(Tensor inputsEmbeds, Tensor? attentionMask = null, Tensor? positionIds = null, KvCache? cache = null)
+        internal override Tensor ForwardHidden(Tensor inputsEmbeds, Tensor? attentionMask = null, Tensor? positionIds = null, KvCache? cache = null)
         {
             Calls++;
-            var h = c_attn.forward(inputsEmbeds).narrow(-1, 0, 1); // (batch, time, 1)
-            return h + zeros([1, 1, _config.VocabSize], device: inputsEmbeds.device);
+            return c_attn.forward(inputsEmbeds).narrow(-1, 0, 1); // (batch, time, 1)
         }
+
+        internal override Tensor LmHead(Tensor hiddenStates) => hiddenStates + zeros([_config.VocabSize], device: hiddenStates.device);
     }
 #pragma warning restore IDE1006
 
@@ -54,6 +55,7 @@ public sealed class DevicePlacementTests
         var e = act.Should().Throw<Exception>().Which;
         e.Message.Should().NotContain("but the model is on", "every input reached the model on its device");
         e.Message.Should().NotContain("but the logits on", "the labels were built on the model's device");
+        e.Message.Should().NotContain("but the hidden states on", "the labels were built on the model's device");
         e.Message.Should().ContainEquivalentOf("meta");
         probe.Calls.Should().BeGreaterThan(before);
     }
@@ -76,6 +78,8 @@ public sealed class DevicePlacementTests
         using var scope = NewDisposeScope();
         var act = () => CausalLmLoss.Sum(empty(1, 3, 10, device: EmptyWeights.Meta), zeros(1, 3, ScalarType.Int64));
         act.Should().Throw<InvalidOperationException>().WithMessage("The labels are on cpu but the logits on meta*");
+        act = () => CausalLmLoss.ChunkedSum(empty(1, 3, 4, device: EmptyWeights.Meta), zeros(1, 3, ScalarType.Int64), h => h, 10, []);
+        act.Should().Throw<InvalidOperationException>().WithMessage("The labels are on cpu but the hidden states on meta*");
     }
 
     [Fact]

@@ -82,7 +82,8 @@ internal sealed class GeneratedTextRowMapper : IRowToRowMapper
             // PredictionEngine keeps one input row and moves its position on every Predict call.
             if (_cachedPosition != _input.Position || _input.Position < 0)
             {
-                _cached = _lease!.Generate(new[] { _promptGetter!() })[0];
+                try { _cached = _lease!.Generate(new[] { _promptGetter!() })[0]; }
+                catch (PromptException e) { throw e.At(null, _parent.InputSchema[_parent._promptIndex].Name); }
                 _cachedPosition = _input.Position;
             }
             return _cached;

@@ -58,3 +58,35 @@ internal interface ITextGeneratorFactory
     /// </summary>
     ITextGenerator Load(LoraCausalLmOptions options, string adapterFolder);
 }
+
+/// <summary>
+/// Thrown by an <see cref="ITextGenerator"/> or <see cref="ITextGeneratorFactory.Train"/> for one prompt or completion
+/// it cannot use (too long for the context, an id outside the vocabulary, text that cannot be tokenized); the ML.NET
+/// layer names the row and column (<see cref="At"/>).
+/// </summary>
+/// <param name="index">The prompt's index in the call (the row's index in the data given to Train).</param>
+/// <param name="problem">What is wrong and what to do, as the end of a sentence that starts with the row.</param>
+/// <param name="inner">The lower-level error, if any.</param>
+/// <param name="completion">The completion, not the prompt, is at fault.</param>
+/// <param name="validation">The row is one of the validation data.</param>
+internal sealed class PromptException(int index, string problem, Exception? inner = null, bool completion = false, bool validation = false)
+    : Exception(problem, inner)
+{
+    /// <summary>The prompt's index in the call.</summary>
+    public int Index { get; } = index;
+
+    /// <summary>The completion column, not the prompt column, is at fault.</summary>
+    public bool InCompletion { get; } = completion;
+
+    /// <summary>
+    /// The user's error: row <paramref name="firstRow"/> + <see cref="Index"/> (null: the row is not counted, a
+    /// PredictionEngine's) of <paramref name="column"/>.
+    /// </summary>
+    public DataRowException At(long? firstRow, string column)
+    {
+        long? row = firstRow + Index;
+        string data = validation ? " of the validation data" : "";
+        string where = row is long r ? $"Row {r} (counting from 0){data}, column '{column}'" : $"Column '{column}' of the row";
+        return new DataRowException($"{where}: {Message}", row, column, InnerException);
+    }
+}

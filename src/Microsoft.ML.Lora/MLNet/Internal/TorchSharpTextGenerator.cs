@@ -43,15 +43,55 @@ internal sealed class TorchSharpTextGenerator : ITextGenerator
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
         var config = _lora.Model.Config;
-        return GenerateIds(prompts.Select(p => (IReadOnlyList<int>)TorchSharpTextGeneratorFactory.PromptIds(_tokenizer, p, config)).ToList(), generation);
+        return GenerateIds(Bounded(prompts, generation, (p, _) => TorchSharpTextGeneratorFactory.PromptIds(_tokenizer, p, config)), generation);
     }
 
     public IReadOnlyList<string> GenerateFromIds(IReadOnlyList<int[]> promptIds, LoraGenerationOptions generation)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
         var config = _lora.Model.Config;
-        return GenerateIds(promptIds.Select(p => (IReadOnlyList<int>)TorchSharpTextGeneratorFactory.PromptIds(_tokenizer, p, config)).ToList(), generation);
+        return GenerateIds(Bounded(promptIds, generation, (p, _) => TorchSharpTextGeneratorFactory.PromptIds(_tokenizer, p, config)), generation);
     }
+
+    /// <summary>
+    /// The longest sequence (prompt and new tokens) generated: the model's max_position_embeddings, or for models
+    /// without one (ALiBi: BLOOM) the configured <see cref="LoraTrainingOptions.MaxSequenceLength"/>.
+    /// </summary>
+    internal int Context => _lora.Model.Config.MaxPositionEmbeddings > 0 ? _lora.Model.Config.MaxPositionEmbeddings : _options.Training.MaxSequenceLength;
+
+    /// <summary>
+    /// The ids of each prompt, bounded before any forward pass: a prompt whose tokens plus MaxNewTokens exceed
+    /// <see cref="Context"/> is cut from the left (<see cref="LongPromptPolicy.TruncateLeft"/>, transformers' pipeline
+    /// handle_long_generation="hole") or refused naming it (<see cref="PromptException"/>), as are ids outside the vocabulary.
+    /// </summary>
+    private List<IReadOnlyList<int>> Bounded<T>(IReadOnlyList<T> prompts, LoraGenerationOptions g, Func<T, int, int[]> encode)
+    {
+        int context = Context;
+        int room = context - g.MaxNewTokens;
+        if (room < 1)
+            throw new ArgumentOutOfRangeException(nameof(LoraGenerationOptions.MaxNewTokens),
+                $"LoraGenerationOptions.MaxNewTokens ({g.MaxNewTokens}) leaves no room for a prompt in the model's context of {context} tokens ({ContextSource}); lower it.");
+        var result = new List<IReadOnlyList<int>>(prompts.Count);
+        for (int i = 0; i < prompts.Count; i++)
+        {
+            int[] ids;
+            try { ids = encode(prompts[i], i); }
+            catch (ArgumentException e) { throw new PromptException(i, e.Message, e); }
+            if (ids.Length > room)
+            {
+                if (g.LongPrompts != LongPromptPolicy.TruncateLeft)
+                    throw new PromptException(i, $"the prompt has {ids.Length} tokens; with MaxNewTokens {g.MaxNewTokens} that exceeds the model's context of {context} tokens ({ContextSource}). " +
+                        $"Shorten the prompt, lower LoraGenerationOptions.MaxNewTokens, or set LoraGenerationOptions.LongPrompts = TruncateLeft to keep its last {room} tokens.");
+                ids = ids[^room..];
+            }
+            result.Add(ids);
+        }
+        return result;
+    }
+
+    private string ContextSource => _lora.Model.Config.MaxPositionEmbeddings > 0
+        ? "max_position_embeddings of its config.json"
+        : "LoraTrainingOptions.MaxSequenceLength, since the model has no fixed context";
 
     private IReadOnlyList<string> GenerateIds(List<IReadOnlyList<int>> ids, LoraGenerationOptions g)
     {

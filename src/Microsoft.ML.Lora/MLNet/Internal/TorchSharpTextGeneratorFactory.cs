@@ -28,7 +28,7 @@ internal sealed class TorchSharpTextGeneratorFactory : ITextGeneratorFactory
             var eos = model.Config.EosTokenId ?? tokenizer.EosId;
             if (eos is null) log("The base model names no EOS token: completions are trained without one, generation stops at MaxNewTokens.");
             var train = Encode(tokenizer, model.Config, examples, eos);
-            var eval = validation is null ? null : Encode(tokenizer, model.Config, validation, eos);
+            var eval = validation is null ? null : Encode(tokenizer, model.Config, validation, eos, validation: true);
             var trainingOptions = ToTrainingOptions(options, eos is not null, validation is not null);
 
             var state = Run(lora, trainingOptions, train, eval, control, options.Training.ResumeFromCheckpoint);
@@ -65,15 +65,28 @@ internal sealed class TorchSharpTextGeneratorFactory : ITextGeneratorFactory
         }
     }
 
-    /// <summary>Prompt ids (special prefix, BOS/EOS for an empty prompt) and completion ids; EOS appended here when only the tokenizer names it.</summary>
-    private static List<TrainingExample> Encode(IBackendTokenizer tokenizer, ModelConfig config, IReadOnlyList<PromptCompletion> examples, int? eos)
+    /// <summary>
+    /// Prompt ids (special prefix, BOS/EOS for an empty prompt) and completion ids; EOS appended here when only the
+    /// tokenizer names it. A row that cannot be used (an id outside the vocabulary, text the tokenizer refuses) throws
+    /// <see cref="PromptException"/> with its index, for the estimator to name the row and column.
+    /// </summary>
+    private static List<TrainingExample> Encode(IBackendTokenizer tokenizer, ModelConfig config, IReadOnlyList<PromptCompletion> examples, int? eos, bool validation = false)
     {
-        var list = examples.Select(e => new TrainingExample(
-            e.PromptIds is { } p ? PromptIds(tokenizer, p, config) : PromptIds(tokenizer, e.Prompt, config),
-            e.CompletionIds is { } c ? CheckIds(c, config) : tokenizer.Encode(e.Completion, addSpecialTokens: false))).ToList();
-        if (config.EosTokenId is null && eos is not null)
-            list = list.Select(e => e with { Completion = [.. e.Completion, eos.Value] }).ToList();
+        var list = new List<TrainingExample>(examples.Count);
+        for (int i = 0; i < examples.Count; i++)
+        {
+            var e = examples[i];
+            var prompt = Row(i, false, validation, () => e.PromptIds is { } p ? PromptIds(tokenizer, p, config) : PromptIds(tokenizer, e.Prompt, config));
+            var completion = Row(i, true, validation, () => e.CompletionIds is { } c ? CheckIds(c, config) : tokenizer.Encode(e.Completion, addSpecialTokens: false));
+            list.Add(new TrainingExample(prompt, config.EosTokenId is null && eos is not null ? [.. completion, eos.Value] : completion));
+        }
         return list;
+    }
+
+    private static int[] Row(int index, bool completion, bool validation, Func<int[]> encode)
+    {
+        try { return encode(); }
+        catch (ArgumentException e) { throw new PromptException(index, e.Message, e, completion, validation); }
     }
 
     /// <summary>Trains, then frees the optimizer state before generation needs the memory (device memory on CUDA).</summary>
@@ -109,7 +122,7 @@ internal sealed class TorchSharpTextGeneratorFactory : ITextGeneratorFactory
     {
         foreach (int id in ids)
             if (id < 0 || id >= config.VocabSize)
-                throw new ArgumentOutOfRangeException(nameof(ids), $"Token id {id} is outside the vocabulary of the base model (0 to {config.VocabSize - 1}); tokenize with the base model's tokenizer.");
+                throw new ArgumentOutOfRangeException(null, $"Token id {id} is outside the vocabulary of the base model (0 to {config.VocabSize - 1}); tokenize with the base model's tokenizer.");
         return ids;
     }
 

@@ -33,21 +33,26 @@ internal abstract class GradientCheckpointingLayer(string name) : nn.Module(name
 /// </summary>
 internal static class GradientCheckpoint
 {
-    /// <summary>Number of recomputations so far (tests check that checkpointing took place).</summary>
+    /// <summary>Number of decoder-layer recomputations so far (tests check that checkpointing took place).</summary>
     internal static int Recomputations;
 
-    public static Tensor Apply(Func<Tensor, Tensor> body, Tensor x, IEnumerable<Parameter> trainable)
+    /// <summary>
+    /// <paramref name="body"/>(<paramref name="x"/>), recomputed in backward. <paramref name="trainable"/>: the
+    /// parameters requiring grad that <paramref name="body"/> uses (all of them must be used). <paramref name="isLayer"/>:
+    /// counted in <see cref="Recomputations"/> (false for the loss's chunks).
+    /// </summary>
+    public static Tensor Apply(Func<Tensor, Tensor> body, Tensor x, IEnumerable<Parameter> trainable, bool isLayer = true)
     {
         var parameters = trainable.ToList();
         if (!x.requires_grad && parameters.Count == 0) return body(x); // nothing to differentiate
-        return Function.apply([body, x, .. parameters]);
+        return Function.apply([body, x, isLayer, .. parameters]);
     }
 
     private sealed class Function : autograd.SingleTensorFunction<Function>
     {
         public override string Name => "GradientCheckpoint";
 
-        // vars: body, x, trainable parameters...
+        // vars: body, x, isLayer, trainable parameters...
         public override Tensor forward(autograd.AutogradContext ctx, params object[] vars)
         {
             var body = (Func<Tensor, Tensor>)vars[0];
@@ -55,7 +60,8 @@ internal static class GradientCheckpoint
             ctx.save_for_backward([x]);
             ctx.save_data("body", body);
             ctx.save_data("x_requires_grad", x.requires_grad);
-            ctx.save_data("parameters", vars.Skip(2).Cast<Tensor>().ToList());
+            ctx.save_data("is_layer", (bool)vars[2]);
+            ctx.save_data("parameters", vars.Skip(3).Cast<Tensor>().ToList());
             ctx.save_data("rng", DropoutState.Capture());
             return body(x); // under no_grad (the autograd function's forward): no activations kept
         }
@@ -68,7 +74,7 @@ internal static class GradientCheckpoint
             var parameters = (List<Tensor>)ctx.get_data("parameters");
             using var rng = (DropoutState)ctx.get_data("rng");
             var x = ctx.get_saved_variables()[0];
-            Recomputations++;
+            if ((bool)ctx.get_data("is_layer")) Recomputations++;
             using var gradMode = enable_grad();
             var input = x.detach().requires_grad_(xRequiresGrad);
             Tensor y;
@@ -78,6 +84,7 @@ internal static class GradientCheckpoint
             var result = new List<Tensor> { null! };
             int next = 0;
             result.Add(xRequiresGrad ? grads[next++].MoveToOuterDisposeScope() : null!);
+            result.Add(null!); // isLayer
             for (int i = 0; i < parameters.Count; i++) result.Add(grads[next++]?.MoveToOuterDisposeScope()!);
             return result;
         }

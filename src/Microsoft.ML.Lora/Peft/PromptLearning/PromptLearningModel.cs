@@ -163,9 +163,9 @@ internal sealed class PromptLearningModel : CausalLm, IPeftTuner
     /// <paramref name="cache"/> that already holds the virtual tokens (generation after the first step), only the mask
     /// is extended.
     /// </summary>
-    public override Tensor ForwardEmbeds(Tensor inputsEmbeds, Tensor? attentionMask = null, Tensor? positionIds = null, KvCache? cache = null)
+    internal override Tensor ForwardHidden(Tensor inputsEmbeds, Tensor? attentionMask = null, Tensor? positionIds = null, KvCache? cache = null)
     {
-        if (_disabled || _active is null) return base_model.ForwardEmbeds(inputsEmbeds, attentionMask, positionIds, cache);
+        if (_disabled || _active is null) return base_model.ForwardHidden(inputsEmbeds, attentionMask, positionIds, cache);
         using var scope = NewDisposeScope();
         long batch = inputsEmbeds.shape[0], n = Active.NumVirtualTokens;
         bool inject = cache is null || cache.Length == 0;
@@ -176,14 +176,17 @@ internal sealed class PromptLearningModel : CausalLm, IPeftTuner
             try
             {
                 if (inject) FillPrefix(own, batch, inputsEmbeds.dtype);
-                return base_model.ForwardEmbeds(inputsEmbeds, mask, DefaultPositions(batch, own.Length, inputsEmbeds.shape[1], inputsEmbeds.device), own)
+                return base_model.ForwardHidden(inputsEmbeds, mask, DefaultPositions(batch, own.Length, inputsEmbeds.shape[1], inputsEmbeds.device), own)
                     .MoveToOuterDisposeScope();
             }
             finally { if (cache is null) own.Dispose(); }
         }
         var x = inject ? cat([Prompt().to(inputsEmbeds.dtype).unsqueeze(0).expand(batch, -1, -1), inputsEmbeds], 1) : inputsEmbeds;
-        return base_model.ForwardEmbeds(x, mask, DefaultPositions(batch, cache?.Length ?? 0, x.shape[1], x.device), cache).MoveToOuterDisposeScope();
+        return base_model.ForwardHidden(x, mask, DefaultPositions(batch, cache?.Length ?? 0, x.shape[1], x.device), cache).MoveToOuterDisposeScope();
     }
+
+    /// <summary>The base model's head.</summary>
+    internal override Tensor LmHead(Tensor hiddenStates) => base_model.LmHead(hiddenStates);
 
     /// <summary>transformers' positions when none are given: cache_position = past .. past + length - 1 on every row.</summary>
     private static Tensor DefaultPositions(long batch, long past, long length, Device device) =>
