@@ -47,13 +47,14 @@ internal sealed class IA3Linear : nn.Module<Tensor, Tensor>, ILinear, ITunerLaye
     /// <summary>The vector of <paramref name="adapter"/>: [1, in] on a feed-forward target, else [out, 1].</summary>
     public Parameter Vector(string adapter) => ia3_l.ContainsKey(adapter) ? ia3_l[adapter] : throw new KeyNotFoundException($"No IA3 adapter '{adapter}'.");
 
-    /// <summary>Adds adapter <paramref name="name"/> (PEFT's update_layer): ones, or torch.randn values without init; float32 over a half-precision base when <paramref name="autocastAdapterDtype"/>.</summary>
+    /// <summary>Adds adapter <paramref name="name"/> (PEFT's update_layer): ones, or N(0, 1) values (torch.randn) without init; float32 over a half-precision base when <paramref name="autocastAdapterDtype"/>.</summary>
     public void AddAdapter(string name, IA3Config config, bool autocastAdapterDtype = true)
     {
         var w = Base.weight;
         var dtype = autocastAdapterDtype && w.dtype is ScalarType.BFloat16 or ScalarType.Float16 ? ScalarType.Float32 : w.dtype;
         long[] shape = IsFeedforward ? [1, InFeatures] : [OutFeatures, 1];
-        var v = config.InitIA3Weights ? ones(shape, dtype: dtype, device: w.device) : randn(shape, dtype: dtype, device: w.device);
+        var v = ones(shape, dtype: dtype, device: w.device);
+        if (!config.InitIA3Weights) Training.Rng.Normal(v, std: 1); // torch.randn's values from the installed seeded generator, never torch's global one
         ia3_l.Add((name, new Parameter(v)));
         ActiveAdapter ??= name;
     }
