@@ -29,6 +29,14 @@ internal sealed class Collator(int padId, int? eosId, bool appendEos, bool train
 {
     public int Truncated { get; private set; }
 
+    /// <summary>The collator of training and evaluation: pad with the model's pad (else EOS) token, cut to MaxSequenceLength and the model's context.</summary>
+    public static Collator For(Models.ModelConfig cfg, TrainingOptions o)
+    {
+        int maxLen = o.MaxSequenceLength > 0 ? o.MaxSequenceLength : cfg.MaxPositionEmbeddings;
+        if (cfg.MaxPositionEmbeddings > 0) maxLen = Math.Min(maxLen, cfg.MaxPositionEmbeddings);
+        return new Collator(cfg.PadTokenId ?? cfg.EosTokenId ?? 0, cfg.EosTokenId, o.AppendEos, o.TrainOnPrompt, maxLen, o.Overlength);
+    }
+
     public (int[] Ids, long[] Labels) Encode(TrainingExample e, int index)
     {
         if (e.Prompt.Count + e.Completion.Count == 0) throw new ArgumentException($"Training example {index} is empty.");

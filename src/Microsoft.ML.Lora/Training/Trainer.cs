@@ -164,15 +164,7 @@ public sealed class Trainer : IDisposable
     internal double Evaluate(IReadOnlyList<(int[] Ids, long[] Labels)> examples, Collator collator)
     {
         _model.Model.eval();
-        double sum = 0; long count = 0;
-        using (no_grad())
-            for (int i = 0; i < examples.Count; i += _o.BatchSize)
-            {
-                using var scope = NewDisposeScope();
-                using var b = collator.Collate(examples.Skip(i).Take(_o.BatchSize).ToList(), _model.Model.Device);
-                var (s, c) = _model.LossSum(b.InputIds, b.AttentionMask, b.Labels);
-                sum += s.item<float>(); count += c;
-            }
+        var (sum, count) = EvaluationLoss.Sum(_model, examples, collator, _o.BatchSize);
         _model.Model.train();
         return count == 0 ? double.NaN : sum / count;
     }
@@ -197,9 +189,7 @@ public sealed class Trainer : IDisposable
     {
         if (train.Count == 0) throw new ArgumentException("The training set is empty.", nameof(train));
         var cfg = _model.Model.Config;
-        int maxLen = _o.MaxSequenceLength > 0 ? _o.MaxSequenceLength : cfg.MaxPositionEmbeddings;
-        if (cfg.MaxPositionEmbeddings > 0) maxLen = Math.Min(maxLen, cfg.MaxPositionEmbeddings);
-        var collator = new Collator(cfg.PadTokenId ?? cfg.EosTokenId ?? 0, cfg.EosTokenId, _o.AppendEos, _o.TrainOnPrompt, maxLen, _o.Overlength);
+        var collator = Collator.For(cfg, _o);
         var encoded = train.Select((e, i) => collator.Encode(e, i)).ToList();
         var evalEncoded = eval?.Select((e, i) => collator.Encode(e, i)).ToList();
         if (evalEncoded is { Count: 0 }) throw new ArgumentException("The eval set is empty; pass null for no evaluation.", nameof(eval));

@@ -63,6 +63,15 @@ internal sealed class SharedTextGenerator
         }
     }
 
+    public (double Sum, long Tokens) CompletionLoss(IReadOnlyList<PromptCompletion> examples)
+    {
+        lock (_lock)
+        {
+            if (_references == 0) throw new ObjectDisposedException(nameof(LoraCausalLmTransformer));
+            return _generator.CompletionLoss(examples);
+        }
+    }
+
     public void ResetSampling(int seed)
     {
         lock (_lock)

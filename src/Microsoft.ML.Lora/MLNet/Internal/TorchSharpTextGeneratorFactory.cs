@@ -70,7 +70,7 @@ internal sealed class TorchSharpTextGeneratorFactory : ITextGeneratorFactory
     /// tokenizer names it. A row that cannot be used (an id outside the vocabulary, text the tokenizer refuses) throws
     /// <see cref="PromptException"/> with its index, for the estimator to name the row and column.
     /// </summary>
-    private static List<TrainingExample> Encode(IBackendTokenizer tokenizer, ModelConfig config, IReadOnlyList<PromptCompletion> examples, int? eos, bool validation = false)
+    internal static List<TrainingExample> Encode(IBackendTokenizer tokenizer, ModelConfig config, IReadOnlyList<PromptCompletion> examples, int? eos, bool validation = false)
     {
         var list = new List<TrainingExample>(examples.Count);
         for (int i = 0; i < examples.Count; i++)
