@@ -61,7 +61,7 @@ internal sealed class ModulesToSaveWrapper : nn.Module<Tensor, Tensor>
             Linear l => new Linear(l.InFeatures, l.OutFeatures, l.bias is not null, l.weight.dtype, l.weight.device) { Float32Arithmetic = l.Float32Arithmetic },
             Conv1D c => new Conv1D(c.InFeatures, c.OutFeatures, c.weight.dtype, c.weight.device) { Float32Arithmetic = c.Float32Arithmetic },
             Models.Layers.Embedding e => new Models.Layers.Embedding(e.weight.shape[0], e.weight.shape[1], e.weight.dtype, e.weight.device),
-            TorchSharp.Modules.Embedding e => nn.Embedding(e.weight!.shape[0], e.weight!.shape[1], device: e.weight!.device, dtype: e.weight!.dtype),
+            TorchSharp.Modules.Embedding e => new Models.Layers.Embedding(e.weight!.shape[0], e.weight!.shape[1], e.weight!.dtype, e.weight!.device),
             Models.Layers.LayerNorm n => new Models.Layers.LayerNorm(n.Size, n.Eps).to(n.weight.device).to(n.weight.dtype),
             TorchSharp.Modules.LayerNorm n => nn.LayerNorm(n.normalized_shape, n.eps, n.weight is not null, device: n.weight?.device, dtype: n.weight?.dtype),
             _ => throw new NotSupportedException($"modules_to_save cannot copy a {m.GetType().Name}; supported: Linear, Conv1D, Embedding, LayerNorm."),

@@ -16,47 +16,54 @@ internal static class HfTokenizerLoader
         if (!Directory.Exists(modelFolder))
             throw new DirectoryNotFoundException($"Tokenizer folder not found: '{modelFolder}'.");
         var configPath = Path.Combine(modelFolder, "tokenizer_config.json");
-        using var config = File.Exists(configPath) ? JsonDocument.Parse(File.ReadAllBytes(configPath)) : null;
+        using var config = File.Exists(configPath) ? Read(configPath, () => ParseJson(configPath, "a JSON object of tokenizer settings")) : null;
         var cfg = config?.RootElement;
 
         var jsonPath = Path.Combine(modelFolder, "tokenizer.json");
-        if (File.Exists(jsonPath)) return FromTokenizerJson(jsonPath, cfg);
+        if (File.Exists(jsonPath)) return Read(jsonPath, () => FromTokenizerJson(jsonPath, cfg));
         var vocabPath = Path.Combine(modelFolder, "vocab.json");
         var mergesPath = Path.Combine(modelFolder, "merges.txt");
-        if (File.Exists(vocabPath) && File.Exists(mergesPath)) return FromVocabAndMerges(vocabPath, mergesPath, cfg);
+        if (File.Exists(vocabPath) && File.Exists(mergesPath)) return Read(vocabPath, () => FromVocabAndMerges(vocabPath, mergesPath, cfg));
         throw new FileNotFoundException(
             $"No tokenizer files in '{modelFolder}': expected tokenizer.json, or vocab.json and merges.txt.");
     }
 
     private static HfTokenizer FromTokenizerJson(string path, JsonElement? cfg)
     {
-        using var doc = JsonDocument.Parse(File.ReadAllBytes(path));
+        using var doc = ParseJson(path, "a tokenizer.json written by Hugging Face tokenizers");
         var root = doc.RootElement;
         var file = Path.GetFileName(path);
+        if (root.ValueKind != JsonValueKind.Object) throw Corrupt(path, $"the document is a JSON {root.ValueKind}, expected an object with a \"model\"");
 
-        var model = root.GetProperty("model");
+        var model = Object(root, "model", path, "the document");
         var modelType = Str(model, "type") ?? (model.TryGetProperty("merges", out _) ? "BPE" : null);
-        if (modelType != "BPE") throw Unsupported("model", modelType, path);
+        if (modelType != "BPE") throw Unsupported("model", modelType, path, "only BPE models are supported");
         var flags = BpeModelFlags.Read(model, path);
         var vocab = new Dictionary<string, int>();
-        foreach (var p in model.GetProperty("vocab").EnumerateObject()) vocab[p.Name] = p.Value.GetInt32();
+        var vocabJson = Object(model, "vocab", path, "\"model\"");
+        foreach (var p in vocabJson.EnumerateObject())
+            vocab[p.Name] = p.Value.ValueKind == JsonValueKind.Number && p.Value.TryGetInt32(out int id) && id >= 0
+                ? id : throw Corrupt(path, $"the id of \"{p.Name}\" in model.vocab is {p.Value.GetRawText()}, expected an integer 0 or above");
         var merges = new List<(string, string)>();
-        foreach (var m in model.GetProperty("merges").EnumerateArray())
+        int index = 0;
+        foreach (var m in Member(model, "merges", JsonValueKind.Array, path, "\"model\"").EnumerateArray())
         {
-            if (m.ValueKind == JsonValueKind.Array) merges.Add((m[0].GetString()!, m[1].GetString()!));
+            if (m.ValueKind == JsonValueKind.Array && m.GetArrayLength() == 2 && m[0].ValueKind == JsonValueKind.String && m[1].ValueKind == JsonValueKind.String)
+                merges.Add((m[0].GetString()!, m[1].GetString()!));
+            else if (m.ValueKind == JsonValueKind.String && SplitMerge(m.GetString()!) is { } pair)
+                merges.Add(pair);
             else
-            {
-                var s = m.GetString()!;
-                var sp = s.IndexOf(' ');
-                merges.Add((s[..sp], s[(sp + 1)..]));
-            }
+                throw Corrupt(path, $"model.merges[{index}] is {m.GetRawText()}, expected \"a b\" (two tokens and one space) or [\"a\", \"b\"]");
+            CheckMerge(vocab, merges[^1], path, $"model.merges[{index}]");
+            index++;
         }
 
         var added = new List<AddedToken>();
         if (root.TryGetProperty("added_tokens", out var at) && at.ValueKind == JsonValueKind.Array)
             foreach (var t in at.EnumerateArray())
-                added.Add(new AddedToken(t.GetProperty("id").GetInt32(), t.GetProperty("content").GetString()!,
-                    t.TryGetProperty("special", out var sp) && sp.GetBoolean()));
+                added.Add(new AddedToken(Member(t, "id", JsonValueKind.Number, path, "an entry of added_tokens").GetInt32(),
+                    Member(t, "content", JsonValueKind.String, path, "an entry of added_tokens").GetString()!,
+                    t.TryGetProperty("special", out var sp) && sp.ValueKind == JsonValueKind.True));
 
         var normalizer = Component(root, "normalizer", n => Normalizer(n, path));
         var preSteps = Component(root, "pre_tokenizer", p => PreTokenizer(p, path)) ?? [];
@@ -81,9 +88,23 @@ internal static class HfTokenizerLoader
 
     private static HfTokenizer FromVocabAndMerges(string vocabPath, string mergesPath, JsonElement? cfg)
     {
-        var vocab = JsonSerializer.Deserialize<Dictionary<string, int>>(File.ReadAllBytes(vocabPath))
-            ?? throw new InvalidDataException($"'{vocabPath}' is not a JSON object of token → id.");
-        var merges = File.ReadLines(mergesPath).Where(l => l.Length > 0 && !l.StartsWith("#version", StringComparison.Ordinal));
+        Dictionary<string, int>? vocab;
+        var bytes = File.ReadAllBytes(vocabPath);
+        try { vocab = JsonSerializer.Deserialize<Dictionary<string, int>>(bytes); }
+        catch (JsonException e) { throw Corrupt(vocabPath, $"{JsonProblem(e, bytes)}; expected a JSON object of token → id (an integer)", e); }
+        if (vocab is null) throw Corrupt(vocabPath, "it is null, expected a JSON object of token → id");
+        if (vocab.FirstOrDefault(p => p.Value < 0) is { Key: not null } negative)
+            throw Corrupt(vocabPath, $"the id of \"{negative.Key}\" is {negative.Value}, expected 0 or above");
+        var merges = new List<string>();
+        int line = 0;
+        foreach (var l in File.ReadLines(mergesPath))
+        {
+            line++;
+            if (l.Length == 0 || l.StartsWith("#version", StringComparison.Ordinal)) continue;
+            var pair = SplitMerge(l) ?? throw Corrupt(mergesPath, $"line {line} is \"{l}\", expected two tokens separated by one space");
+            CheckMerge(vocab, pair, mergesPath, $"line {line}");
+            merges.Add(l);
+        }
         var pre = new HfPreTokenizer([new ByteLevelStep(Bool(cfg, "add_prefix_space") ?? false, true)]);
         var bpe = new ByteLevelBpe(vocab, merges, pre);
         // GPT2Tokenizer-style folders: the config's bos/eos/unk/pad tokens are the special tokens.
@@ -235,8 +256,70 @@ internal static class HfTokenizerLoader
             ? s.GetString()!
             : throw Unsupported(what, "with a Regex pattern", path);
 
-    private static NotSupportedException Unsupported(string component, string? type, string path) =>
-        new($"Unsupported {component} '{type ?? "(none)"}' in '{path}'.");
+    private static NotSupportedException Unsupported(string component, string? type, string path, string? expected = null) =>
+        new($"Unsupported {component} '{type ?? "(none)"}' in '{path}'{(expected is null ? "" : ": " + expected)}.");
+
+    /// <summary>
+    /// Runs the reading of <paramref name="path"/>; what a malformed file makes System.Text.Json or the reading code
+    /// throw (a missing member, a value of the wrong kind) becomes a <see cref="ModelLoadException"/> naming the file.
+    /// </summary>
+    private static T Read<T>(string path, Func<T> read)
+    {
+        try { return read(); }
+        catch (Exception e) when (e is KeyNotFoundException or InvalidOperationException or FormatException
+            or IndexOutOfRangeException or ArgumentOutOfRangeException or NullReferenceException)
+        {
+            throw Corrupt(path, $"a member is missing or of the wrong kind ({e.Message})", e);
+        }
+    }
+
+    private static JsonDocument ParseJson(string path, string expected)
+    {
+        var bytes = File.ReadAllBytes(path);
+        try { return JsonDocument.Parse(bytes); }
+        catch (JsonException e) { throw Corrupt(path, $"{JsonProblem(e, bytes)}; expected {expected}", e); }
+    }
+
+    private static string JsonProblem(JsonException e, byte[] bytes) =>
+        $"it is not valid JSON (line {e.LineNumber + 1}, byte {e.BytePositionInLine + 1}{(EndsEarly(e, bytes) ? ": the file ends early, is it truncated?" : "")})";
+
+    /// <summary>Whether System.Text.Json stopped at the very end of <paramref name="bytes"/>: the document is cut short.</summary>
+    private static bool EndsEarly(JsonException e, byte[] bytes)
+    {
+        int lastNewline = Array.LastIndexOf(bytes, (byte)'\n');
+        long lines = bytes.Count(b => b == (byte)'\n');
+        return e.LineNumber == lines && e.BytePositionInLine >= bytes.Length - (lastNewline + 1);
+    }
+
+    private static ModelLoadException Corrupt(string path, string problem, Exception? inner = null) =>
+        new($"Cannot read the tokenizer file '{path}': {problem}.", path, innerException: inner);
+
+    /// <summary>The member <paramref name="name"/> of <paramref name="e"/> (described as <paramref name="where"/>), which must be an object.</summary>
+    private static JsonElement Object(JsonElement e, string name, string path, string where) => Member(e, name, JsonValueKind.Object, path, where);
+
+    private static JsonElement Member(JsonElement e, string name, JsonValueKind kind, string path, string where)
+    {
+        if (e.ValueKind != JsonValueKind.Object || !e.TryGetProperty(name, out var v))
+            throw Corrupt(path, $"{where} has no \"{name}\"");
+        if (v.ValueKind != kind)
+            throw Corrupt(path, $"\"{name}\" in {where} is a JSON {v.ValueKind}, expected {(kind == JsonValueKind.Object ? "an" : "a")} {kind}");
+        return v;
+    }
+
+    /// <summary>As Hugging Face tokenizers: both tokens of a merge and their concatenation must be in the vocabulary.</summary>
+    private static void CheckMerge(Dictionary<string, int> vocab, (string A, string B) merge, string path, string where)
+    {
+        foreach (var token in new[] { merge.A, merge.B, merge.A + merge.B })
+            if (!vocab.ContainsKey(token))
+                throw Corrupt(path, $"{where} (\"{merge.A} {merge.B}\") uses \"{token}\", which is not in the vocabulary");
+    }
+
+    /// <summary>"a b": two non-empty tokens around one space, or null.</summary>
+    private static (string, string)? SplitMerge(string line)
+    {
+        int sp = line.IndexOf(' ');
+        return sp > 0 && sp < line.Length - 1 && line.IndexOf(' ', sp + 1) < 0 ? (line[..sp], line[(sp + 1)..]) : null;
+    }
 
     private static string? Str(JsonElement? e, string name) =>
         e is { ValueKind: JsonValueKind.Object } o && o.TryGetProperty(name, out var v) && v.ValueKind == JsonValueKind.String

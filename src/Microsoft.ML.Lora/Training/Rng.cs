@@ -56,7 +56,14 @@ internal static class Rng
     }
 
     /// <summary>The installed generator; outside any (a forward in training mode called by user code) a fresh one seeded from the OS.</summary>
-    private static Generator CurrentOrFresh() => Current ?? (_fallback ??= new Generator((ulong)Random.Shared.NextInt64()));
+    private static Generator CurrentOrFresh() => Current ?? Unseeded;
+
+    /// <summary>
+    /// This thread's generator seeded from the OS: for the default initialisation of a layer built outside a seeded
+    /// operation (torch's constructors draw it from the global generator; here neither that one nor the installed one
+    /// is touched, so building a layer never shifts a seeded sequence).
+    /// </summary>
+    public static Generator Unseeded => _fallback ??= new Generator((ulong)Random.Shared.NextInt64());
 
     [ThreadStatic] private static Generator? _fallback;
 
@@ -74,18 +81,18 @@ internal static class Rng
 
     /// <summary>
     /// <c>torch.nn.init.kaiming_uniform_(w, a)</c> (fan_in, leaky_relu) from the installed generator: uniform in
-    /// ±sqrt(6 / ((1 + a²) · fan_in)).
+    /// ±sqrt(6 / ((1 + a²) · fan_in)); from <paramref name="generator"/> when given.
     /// </summary>
-    public static void KaimingUniform(Tensor weight, double a)
+    public static void KaimingUniform(Tensor weight, double a, Generator? generator = null)
     {
         long fanIn = weight.shape[1] * (weight.dim() > 2 ? weight[0, 0].numel() : 1);
         double bound = Math.Sqrt(3.0) * Math.Sqrt(2.0 / (1 + a * a)) / Math.Sqrt(fanIn);
-        using (no_grad()) weight.uniform_(-bound, bound, CurrentOrFresh());
+        using (no_grad()) weight.uniform_(-bound, bound, generator ?? CurrentOrFresh());
     }
 
-    /// <summary><c>torch.nn.init.normal_(w, 0, std)</c> from the installed generator.</summary>
-    public static void Normal(Tensor weight, double std)
+    /// <summary><c>torch.nn.init.normal_(w, 0, std)</c> from <paramref name="generator"/>, else the installed generator.</summary>
+    public static void Normal(Tensor weight, double std, Generator? generator = null)
     {
-        using (no_grad()) weight.normal_(0, std, CurrentOrFresh());
+        using (no_grad()) weight.normal_(0, std, generator ?? CurrentOrFresh());
     }
 }

@@ -24,6 +24,12 @@ internal sealed class TinyLm : CausalLm
         transformer = new TinyTransformer(config);
         lm_head = new Linear(config.HiddenSize, config.VocabSize, hasBias: false);
         RegisterComponents();
+        // The library's layers draw their default initialisation from an unseeded generator, never torch's global one:
+        // redraw them from the seed so the model depends on it alone.
+        using var generator = new TorchSharp.torch.Generator((ulong)seed);
+        foreach (var m in modules())
+            if (m is Linear l) Microsoft.ML.Lora.Training.Rng.KaimingUniform(l.weight, Math.Sqrt(5), generator);
+            else if (m is Conv1D c) Microsoft.ML.Lora.Training.Rng.Normal(c.weight, 0.02, generator);
     }
 
     public static ModelConfig MakeConfig(int hidden = 32, int layers = 2, int heads = 4, int vocab = 64, int context = 64) => new()

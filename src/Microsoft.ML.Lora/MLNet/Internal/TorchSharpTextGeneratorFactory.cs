@@ -93,7 +93,7 @@ internal sealed class TorchSharpTextGeneratorFactory : ITextGeneratorFactory
     private static TrainerState Run(PeftModel lora, TrainingOptions options, List<TrainingExample> train, List<TrainingExample>? eval,
         TrainingControl control, string? resumeFrom)
     {
-        using var trainer = new Trainer(lora, options);
+        using var trainer = new Trainer(lora, options) { Warning = control.Warning }; // a loss rising far above its start goes to the log
         try
         {
             return trainer.Train(train, eval, new ControlProgress(control), resumeFrom: resumeFrom, checkAlive: control.CheckAlive);

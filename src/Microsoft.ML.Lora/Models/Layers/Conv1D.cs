@@ -24,7 +24,8 @@ internal sealed class Conv1D : nn.Module<Tensor, Tensor>, ILinear
         InFeatures = inFeatures;
         OutFeatures = outFeatures;
         device ??= EmptyWeights.Device;
-        weight = new Parameter(normal(0, 0.02, [inFeatures, outFeatures], dtype: dtype, device: device));
+        weight = new Parameter(empty([inFeatures, outFeatures], dtype: dtype, device: device));
+        if (device?.type != DeviceType.META) Training.Rng.Normal(weight, 0.02, Training.Rng.Unseeded); // transformers' init, never from the global generator
         bias = new Parameter(zeros(outFeatures, dtype: dtype, device: device));
         RegisterComponents();
     }

@@ -18,7 +18,7 @@ internal sealed class Embedding : nn.Module<Tensor, Tensor>
     {
         device ??= EmptyWeights.Device;
         weight = new Parameter(empty(numEmbeddings, embeddingDim, dtype: dtype, device: device));
-        if (device?.type != DeviceType.META) nn.init.normal_(weight); // torch's init: N(0, 1)
+        if (device?.type != DeviceType.META) Training.Rng.Normal(weight, 1.0, Training.Rng.Unseeded); // torch's init N(0, 1), never from the global generator
         RegisterComponents();
     }
 

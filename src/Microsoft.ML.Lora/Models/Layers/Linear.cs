@@ -26,7 +26,7 @@ internal sealed class Linear : nn.Module<Tensor, Tensor>, ILinear
         device ??= EmptyWeights.Device;
         weight = new Parameter(empty(outFeatures, inFeatures, dtype: dtype, device: device));
         bias = hasBias ? new Parameter(zeros(outFeatures, dtype: dtype, device: device)) : null;
-        nn.init.kaiming_uniform_(weight, a: Math.Sqrt(5));
+        if (device?.type != DeviceType.META) Training.Rng.KaimingUniform(weight, a: Math.Sqrt(5), Training.Rng.Unseeded); // torch's init, never from the global generator
         RegisterComponents();
     }
 

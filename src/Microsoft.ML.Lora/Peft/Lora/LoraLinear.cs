@@ -71,8 +71,9 @@ internal sealed class LoraLinear : nn.Module<Tensor, Tensor>, ILinear, ITunerLay
         var w = Base.weight;
         // A quantized base (uint8/int8 weight) keeps nn.Linear's float32 adapters, as PEFT's _move_adapter_to_device_of_base_layer.
         var dtype = !w.is_floating_point() || autocastAdapterDtype && w.dtype is ScalarType.BFloat16 or ScalarType.Float16 ? ScalarType.Float32 : w.dtype;
-        var a = nn.Linear(InFeatures, config.R, hasBias: false, device: w.device, dtype: dtype);
-        var b = nn.Linear(config.R, OutFeatures, hasBias: false, device: w.device, dtype: dtype);
+        // Built without torch's initialisation (it draws from the global generator); every case below sets both.
+        var a = Uninitialized.Linear(InFeatures, config.R, hasBias: false, w.device, dtype);
+        var b = Uninitialized.Linear(config.R, OutFeatures, hasBias: false, w.device, dtype);
         using (no_grad())
         {
             switch (config.InitLoraWeights)

@@ -15,9 +15,9 @@ internal interface IPromptEncoder
 internal static class PromptEncoderInit
 {
     /// <summary>torch.nn.Embedding: N(0, 1).</summary>
-    public static Embedding Embedding(long n, long dim, torch.Generator generator)
+    public static Models.Layers.Embedding Embedding(long n, long dim, torch.Generator generator)
     {
-        var e = nn.Embedding(n, dim);
+        var e = new Models.Layers.Embedding(n, dim);
         using (no_grad()) e.weight!.normal_(0, 1, generator);
         return e;
     }
@@ -25,7 +25,7 @@ internal static class PromptEncoderInit
     /// <summary>torch.nn.Linear: weight kaiming_uniform_(a = √5), i.e. U(±1/√in), then bias U(±1/√in).</summary>
     public static Linear Linear(long inFeatures, long outFeatures, torch.Generator generator)
     {
-        var l = nn.Linear(inFeatures, outFeatures);
+        var l = Models.Layers.Uninitialized.Linear(inFeatures, outFeatures, hasBias: true);
         double a = Math.Sqrt(5);
         double gain = Math.Sqrt(2.0 / (1 + a * a));
         double bound = Math.Sqrt(3.0) * (gain / Math.Sqrt(inFeatures)); // torch's kaiming_uniform_ arithmetic

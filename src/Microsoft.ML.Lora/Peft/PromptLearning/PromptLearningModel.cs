@@ -65,7 +65,7 @@ internal sealed class PromptLearningModel : CausalLm, IPeftTuner
         var generator = Training.Rng.Current!;
         nn.Module encoder = resolved switch
         {
-            _ when resolved.InferenceMode => new PromptEmbedding(nn.Embedding(resolved.NumVirtualTokens, Width(resolved))),
+            _ when resolved.InferenceMode => new PromptEmbedding(new Models.Layers.Embedding(resolved.NumVirtualTokens, Width(resolved))),
             PromptTuningConfig pt => PromptEmbedding.Create(pt, ids => base_model.Embed(ids.to(base_model.Device)), Config.VocabSize, generator),
             PromptEncoderConfig pe => PromptEncoder.Create(pe, generator),
             PrefixTuningConfig px => PrefixEncoder.Create(px, generator),

@@ -11,13 +11,13 @@ namespace Microsoft.ML.Lora.Peft;
 /// </summary>
 internal sealed class ReparameterizedPrompt : nn.Module, IPromptEncoder
 {
-    private readonly Embedding _embedding;
+    private readonly Models.Layers.Embedding _embedding;
     private readonly Sequential _head;
 
     /// <param name="embedding">The learned embedding (registered as <c>embedding</c>).</param>
     /// <param name="headName">PEFT's name of the network.</param>
     /// <param name="head">The network; its output is the prompt.</param>
-    public ReparameterizedPrompt(Embedding embedding, string headName, Sequential head) : base(nameof(ReparameterizedPrompt))
+    public ReparameterizedPrompt(Models.Layers.Embedding embedding, string headName, Sequential head) : base(nameof(ReparameterizedPrompt))
     {
         _embedding = embedding;
         _head = head;

@@ -12,10 +12,10 @@ namespace Microsoft.ML.Lora.Peft;
 internal sealed class PromptEmbedding : nn.Module, IPromptEncoder
 {
 #pragma warning disable IDE1006 // PEFT's name
-    public Embedding embedding;
+    public Models.Layers.Embedding embedding;
 #pragma warning restore IDE1006
 
-    public PromptEmbedding(Embedding rows) : base(nameof(PromptEmbedding))
+    public PromptEmbedding(Models.Layers.Embedding rows) : base(nameof(PromptEmbedding))
     {
         embedding = rows;
         RegisterComponents();
