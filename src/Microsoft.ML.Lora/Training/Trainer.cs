@@ -15,6 +15,8 @@ namespace Microsoft.ML.Lora.Training;
 public sealed class Trainer : IDisposable
 {
     internal const string OptimizerFile = "optimizer.pt";
+    /// <summary>The checkpoint file of <see cref="IPeftTuner.TrainingState"/> (a prompt encoder's parameters), when the method has one.</summary>
+    internal const string TrainingStateFile = "adapter_training_state.safetensors";
 
     /// <summary>
     /// Steps between <see cref="ReleaseFreedMemory"/> calls. Without them resident memory keeps growing (heap
@@ -353,6 +355,8 @@ public sealed class Trainer : IDisposable
     internal void SaveCheckpoint(string folder, int totalSteps, int truncated = 0) => AtomicFolder.Write(folder, tmp =>
     {
         PeftAdapterIO.Save(_model, tmp);
+        if (_model.Tuner.TrainingState(_model.ActiveAdapter) is { Count: > 0 } state)
+            PeftAdapterIO.WriteTensors(Path.Combine(tmp, TrainingStateFile), state);
         _optimizer.save_state_dict(Path.Combine(tmp, OptimizerFile));
         AtomicFile.WriteAllText(Path.Combine(tmp, TrainerState.FileName), State(totalSteps, truncated).ToJson());
     });
@@ -366,6 +370,8 @@ public sealed class Trainer : IDisposable
             throw new InvalidOperationException($"Checkpoint '{folder}' was written for {state.TotalSteps} total steps; these options give {t}. Resume with the same options.");
         if (state.Seed != _o.Seed) throw new InvalidOperationException($"Checkpoint '{folder}' used seed {state.Seed}; the options have {_o.Seed}.");
         PeftAdapterIO.LoadWeights(_model, folder);
+        if (_model.Tuner.TrainingState(_model.ActiveAdapter) is { Count: > 0 } training)
+            PeftAdapterIO.LoadInto(training, folder, fileName: TrainingStateFile);
         var opt = Path.Combine(folder, OptimizerFile);
         if (!File.Exists(opt)) throw new FileNotFoundException($"Checkpoint '{folder}' has no {OptimizerFile}.", opt);
         _optimizer.load_state_dict(opt);

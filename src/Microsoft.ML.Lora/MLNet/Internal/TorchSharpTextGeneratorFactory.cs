@@ -22,7 +22,7 @@ internal sealed class TorchSharpTextGeneratorFactory : ITextGeneratorFactory
             PeftModel lora;
             using (var rng = new Generator((ulong)options.Seed.GetValueOrDefault())) // LoRA A initialisation, this Fit's own generator
             using (Rng.Use(rng))
-                lora = PeftModel.GetPeftModel(model, ToLoraConfig(options), warning: control.Warning);
+                lora = PeftModel.GetPeftModel(model, options.ToPeftConfig(), warning: control.Warning);
             log(lora.TrainableReport());
 
             var eos = model.Config.EosTokenId ?? tokenizer.EosId;
@@ -32,7 +32,7 @@ internal sealed class TorchSharpTextGeneratorFactory : ITextGeneratorFactory
             var trainingOptions = ToTrainingOptions(options, eos is not null, validation is not null);
 
             var state = Run(lora, trainingOptions, train, eval, control, options.Training.ResumeFromCheckpoint);
-            model.eval();
+            lora.GetBaseModel().eval();
             log(FormattableString.Invariant(
                 $"Training done: {state.GlobalStep} steps{(state.StoppedEarly ? " (stopped early)" : "")}, first loss {state.LossHistory.FirstOrDefault():F4}, last loss {state.LossHistory.LastOrDefault():F4}") +
                 (state.BestEvalLoss is double best ? FormattableString.Invariant($", best validation loss {best:F4} at step {state.BestStep}") +
@@ -54,7 +54,8 @@ internal sealed class TorchSharpTextGeneratorFactory : ITextGeneratorFactory
         try
         {
             var lora = PeftModel.FromPretrained(model, adapterFolder); // for generation: loaded in inference mode, as any method allows
-            model.eval();
+            if (lora.PeftConfig is not LoraConfig) options.Method = lora.PeftConfig with { InferenceMode = false };
+            lora.GetBaseModel().eval();
             return new TorchSharpTextGenerator(lora, tokenizer, options);
         }
         catch
@@ -140,15 +141,6 @@ internal sealed class TorchSharpTextGeneratorFactory : ITextGeneratorFactory
         "bfloat16" or "bf16" => ScalarType.BFloat16,
         "float16" or "fp16" or "half" => ScalarType.Float16,
         var d => throw new ArgumentException($"LoraCausalLmOptions.{option} '{d}' is not supported; use float32, bfloat16 or float16."),
-    };
-
-    internal static LoraConfig ToLoraConfig(LoraCausalLmOptions o) => new()
-    {
-        R = o.Lora.Rank,
-        LoraAlpha = o.Lora.Alpha,
-        LoraDropout = o.Lora.Dropout,
-        TargetModules = o.Lora.TargetModules is { Length: > 0 } t ? t : null,
-        BaseModelNameOrPath = o.BaseModelFolder,
     };
 
     internal static TrainingOptions ToTrainingOptions(LoraCausalLmOptions o, bool appendEos, bool validate = false) => new()
