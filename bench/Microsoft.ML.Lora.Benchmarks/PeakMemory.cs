@@ -15,4 +15,11 @@ internal static class PeakMemory
         var line = File.Exists(status) ? File.ReadLines(status).FirstOrDefault(l => l.StartsWith(key)) : null;
         return line is null ? double.NaN : long.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1]) / 1024.0;
     }
+
+    /// <summary>Resets the peak (VmHWM) to the current RSS (Linux's clear_refs 5), so a phase's own peak can be read; no-op elsewhere.</summary>
+    public static void ResetPeak()
+    {
+        const string clearRefs = "/proc/self/clear_refs";
+        if (File.Exists(clearRefs)) File.WriteAllText(clearRefs, "5");
+    }
 }
