@@ -21,12 +21,7 @@ internal sealed class CheckpointingBenchmark : IBenchmark
 
     public void Run(string[] args)
     {
-        int batch = 4, tokens = 512;
-        for (int i = 0; i + 1 < args.Length; i++)
-        {
-            if (args[i] == "--batch") batch = int.Parse(args[i + 1], CultureInfo.InvariantCulture);
-            if (args[i] == "--tokens") tokens = int.Parse(args[i + 1], CultureInfo.InvariantCulture);
-        }
+        int batch = BenchArgs.Int(args, "--batch", 4), tokens = BenchArgs.Int(args, "--tokens", 512);
         // The smaller phase first: memory the first phase leaves in the heap would only inflate the second's peak.
         var on = Phase(checkpointing: true, batch, tokens);
         var off = Phase(checkpointing: false, batch, tokens);
@@ -56,11 +51,7 @@ internal sealed class CheckpointingBenchmark : IBenchmark
         var items = Enumerable.Range(0, batch)
             .Select(i => collator.Encode(new TrainingExample([], Enumerable.Range(0, tokens).Select(_ => rng.Next(50257)).ToArray()), i)).ToList();
         using var b = collator.Collate(items, model.Device);
-        GC.Collect();
-        GC.WaitForPendingFinalizers();
-        Native.NativeHeap.Trim();
-        double before = PeakMemory.RssMiB() / 1024;
-        PeakMemory.ResetPeak();
+        double before = PeakMemory.StartPhase();
         var sw = Stopwatch.StartNew();
         double loss = trainer.Backward([b]);
         double seconds = sw.Elapsed.TotalSeconds, peak = PeakMemory.PeakRssGiB();

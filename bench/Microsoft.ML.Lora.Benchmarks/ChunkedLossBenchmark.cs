@@ -22,13 +22,7 @@ internal sealed class ChunkedLossBenchmark : IBenchmark
 
     public void Run(string[] args)
     {
-        int batch = 1, tokens = 512, hidden = 64;
-        for (int i = 0; i + 1 < args.Length; i++)
-        {
-            if (args[i] == "--batch") batch = int.Parse(args[i + 1], CultureInfo.InvariantCulture);
-            if (args[i] == "--tokens") tokens = int.Parse(args[i + 1], CultureInfo.InvariantCulture);
-            if (args[i] == "--hidden") hidden = int.Parse(args[i + 1], CultureInfo.InvariantCulture);
-        }
+        int batch = BenchArgs.Int(args, "--batch", 1), tokens = BenchArgs.Int(args, "--tokens", 512), hidden = BenchArgs.Int(args, "--hidden", 64);
         var config = ModelConfig.Parse(new JsonObject
         {
             ["model_type"] = "bloom", ["vocab_size"] = 250880, ["hidden_size"] = hidden, ["n_layer"] = 2, ["n_head"] = 4,
@@ -50,11 +44,7 @@ internal sealed class ChunkedLossBenchmark : IBenchmark
 
     private static (double Loss, double PeakAboveGiB) Phase(string name, Func<(Tensor Sum, long Count)> lossSum, PeftModel lora)
     {
-        GC.Collect();
-        GC.WaitForPendingFinalizers();
-        Native.NativeHeap.Trim();
-        double before = PeakMemory.RssMiB() / 1024;
-        PeakMemory.ResetPeak();
+        double before = PeakMemory.StartPhase();
         var sw = Stopwatch.StartNew();
         double loss;
         using (NewDisposeScope())

@@ -22,4 +22,17 @@ internal static class PeakMemory
         const string clearRefs = "/proc/self/clear_refs";
         if (File.Exists(clearRefs)) File.WriteAllText(clearRefs, "5");
     }
+
+    /// <summary>
+    /// Starts measuring a phase: collects managed garbage, returns freed native memory to the system, resets the peak
+    /// and returns the RSS now (GiB), the baseline the phase's peak is read against.
+    /// </summary>
+    public static double StartPhase()
+    {
+        GC.Collect();
+        GC.WaitForPendingFinalizers();
+        Native.NativeHeap.Trim();
+        ResetPeak();
+        return RssMiB() / 1024;
+    }
 }
