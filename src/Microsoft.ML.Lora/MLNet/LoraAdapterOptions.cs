@@ -20,6 +20,16 @@ public sealed class LoraAdapterOptions
     /// <summary>Names of the modules to adapt (PEFT's target_modules); null picks the model family's default. Default null.</summary>
     public string[]? TargetModules { get; set; }
 
+    /// <summary>True when every setting has its default (what <see cref="LoraCausalLmOptions.Method"/> requires).</summary>
+    internal bool IsDefault
+    {
+        get
+        {
+            var d = new LoraAdapterOptions();
+            return Rank == d.Rank && Alpha == d.Alpha && Dropout == d.Dropout && TargetModules is null or { Length: 0 };
+        }
+    }
+
     internal LoraAdapterOptions Clone() => new()
     {
         Rank = Rank, Alpha = Alpha, Dropout = Dropout, TargetModules = (string[]?)TargetModules?.Clone(),

@@ -102,6 +102,24 @@ public sealed class LoraCatalog
         return trainer.LoadAdapter(Path.GetFullPath(adapterFolder));
     }
 
+    /// <summary>
+    /// Evaluates a fine-tuned model on <paramref name="data"/>, as the Evaluate of ML.NET's other catalogs: the mean
+    /// token loss and perplexity of the completion column given the prompt (always), and, when
+    /// <paramref name="referenceColumnName"/> is given, exact match and tag-set precision, recall and F1 of the generated
+    /// completions against that text column. Formulas: <see cref="LoraCausalLmMetrics"/>.
+    /// </summary>
+    /// <param name="data">
+    /// Rows with the model's input columns and its completion column (<see cref="LoraCausalLmOptions.CompletionColumnName"/>
+    /// or <see cref="LoraCausalLmOptions.CompletionTokensColumnName"/>): raw rows (the steps of the pipeline before the
+    /// LoRA transformer are applied here), or rows already transformed by <paramref name="model"/>, whose generated
+    /// column is then read instead of generated again.
+    /// </param>
+    /// <param name="model">What Fit or Model.Load returned: a <see cref="LoraCausalLmTransformer"/> or a chain that holds one.</param>
+    /// <param name="referenceColumnName">Text column of the expected completions (often the completion column itself); null skips generation and its metrics.</param>
+    /// <param name="tagSeparator">What separates the tags of a completion ("tag1, tag2" with the default ",").</param>
+    public LoraCausalLmMetrics Evaluate(IDataView data, ITransformer model, string? referenceColumnName = null, string tagSeparator = ",")
+        => CausalLmEvaluation.Evaluate(data, model, referenceColumnName, tagSeparator);
+
     /// <summary>A trainer with the given backend; the seam where tests and other backends plug in.</summary>
     internal LoraCausalLmTrainer CausalLm(LoraCausalLmOptions options, ITextGeneratorFactory factory) => new(_env, options, factory);
 }

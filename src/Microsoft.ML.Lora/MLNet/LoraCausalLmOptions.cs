@@ -107,6 +107,19 @@ public sealed class LoraCausalLmOptions
     /// <summary>Shape of the LoRA adapter. Default: <see cref="LoraAdapterOptions"/>'s defaults.</summary>
     public LoraAdapterOptions Lora { get; set; } = new();
 
+    /// <summary>
+    /// The PEFT method to train instead of the LoRA of <see cref="Lora"/>, with its settings and PEFT's defaults:
+    /// <see cref="Peft.IA3Config"/> ((IA)³), <see cref="Peft.PromptTuningConfig"/> (prompt tuning),
+    /// <see cref="Peft.PromptEncoderConfig"/> (P-tuning), <see cref="Peft.PrefixTuningConfig"/> (prefix tuning), or a
+    /// <see cref="Peft.LoraConfig"/> for LoRA settings <see cref="Lora"/> does not have (DoRA, rsLoRA, bias, ...). When
+    /// set, <see cref="Lora"/> must keep its defaults. A prompt-tuning TEXT init without a tokenizer folder uses the base
+    /// model's. Default null: LoRA shaped by <see cref="Lora"/>. Not written to the options of a saved model: its
+    /// adapter, in PEFT's format, names the method and its settings in adapter_config.json, and a loaded model sets
+    /// this property from it (LoRA adapters stay described by <see cref="Lora"/>).
+    /// </summary>
+    [System.Text.Json.Serialization.JsonIgnore]
+    public Peft.PeftConfig? Method { get; set; }
+
     /// <summary>Fine-tuning settings. Default: <see cref="LoraTrainingOptions"/>'s defaults.</summary>
     public LoraTrainingOptions Training { get; set; } = new();
 
@@ -127,6 +140,27 @@ public sealed class LoraCausalLmOptions
     [System.Text.Json.Serialization.JsonIgnore]
     public CancellationToken CancellationToken { get; set; }
 
+    /// <summary>
+    /// The adapter's config: <see cref="LoraCausalLmOptions.Method"/> when set (recording the base model folder, and
+    /// using its tokenizer for a prompt-tuning TEXT init that names none), else LoRA from <see cref="LoraCausalLmOptions.Lora"/>.
+    /// </summary>
+    internal Peft.PeftConfig ToPeftConfig() => Method switch
+    {
+        null => ToLoraConfig(),
+        Peft.PromptTuningConfig { PromptTuningInit: Peft.PromptTuningInit.Text, TokenizerNameOrPath: null } text =>
+            text with { TokenizerNameOrPath = BaseModelFolder, BaseModelNameOrPath = text.BaseModelNameOrPath ?? BaseModelFolder },
+        var method => method with { BaseModelNameOrPath = method.BaseModelNameOrPath ?? BaseModelFolder },
+    };
+
+    internal Peft.LoraConfig ToLoraConfig() => new()
+    {
+        R = Lora.Rank,
+        LoraAlpha = Lora.Alpha,
+        LoraDropout = Lora.Dropout,
+        TargetModules = Lora.TargetModules is { Length: > 0 } t ? t : null,
+        BaseModelNameOrPath = BaseModelFolder,
+    };
+
     internal LoraCausalLmOptions Clone() => new()
     {
         BaseModelFolder = BaseModelFolder,
@@ -141,6 +175,7 @@ public sealed class LoraCausalLmOptions
         ComputeDType = ComputeDType,
         Quantization = Quantization,
         Lora = Lora.Clone(),
+        Method = Method,
         Training = Training.Clone(),
         Generation = Generation.Clone(),
         Progress = Progress,

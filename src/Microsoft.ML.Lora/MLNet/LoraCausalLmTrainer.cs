@@ -73,7 +73,7 @@ public sealed class LoraCausalLmTrainer : IEstimator<LoraCausalLmTransformer>
         ITextGenerator generator;
         using (var ch = _host.Start("Training"))
         {
-            ch.Info(MessageSensitivity.None, $"Fine-tuning a LoRA adapter of '{baseModel.Folder}' on {examples.Count} examples" +
+            ch.Info(MessageSensitivity.None, $"Fine-tuning a {options.Method?.PeftType ?? "LORA"} adapter of '{baseModel.Folder}' on {examples.Count} examples" +
                 (validation is null ? "." : $", validating on {validation.Count}."));
             var control = new TrainingControl(
                 message => ch.Info(MessageSensitivity.None, message),
@@ -137,6 +137,9 @@ public sealed class LoraCausalLmTrainer : IEstimator<LoraCausalLmTransformer>
         Require(string.IsNullOrEmpty(options.CompletionColumnName) != string.IsNullOrEmpty(options.CompletionTokensColumnName),
             nameof(options.CompletionColumnName), "or CompletionTokensColumnName: exactly one must be set (the completion is read either as text or as token ids)");
         Require(!string.IsNullOrEmpty(options.OutputColumnName), nameof(options.OutputColumnName), "must not be empty");
+        Require(options.Method is null || options.Lora is null || options.Lora.IsDefault, nameof(options.Method),
+            $"is {options.Method?.PeftType}: leave Lora at its defaults (set the method's settings in its config; a LoraConfig for LoRA settings)");
+        if (options.Method is not null) options.ToPeftConfig().Validate(); // as it will be used (a TEXT init gets the base tokenizer)
         Require(options.Lora is { Rank: > 0 }, "Lora.Rank", "must be positive");
         Require(options.Lora is { Alpha: > 0 } && float.IsFinite(options.Lora.Alpha), "Lora.Alpha", $"must be a positive finite number, got {options.Lora?.Alpha}");
         Require(options.Lora is { Dropout: >= 0 and < 1 }, "Lora.Dropout", $"must be in [0, 1), got {options.Lora?.Dropout}");

@@ -77,6 +77,8 @@ internal static class ModelLoader
 
     internal static Device ResolveDevice(string name)
     {
+        // A missing native runtime, or a libstdc++ too old for it, fails here: said as such, not as a bad device name.
+        Native.NativeRuntime.EnsureLoaded(name);
         if (name.StartsWith("cuda", StringComparison.OrdinalIgnoreCase) && !cuda.is_available())
             throw new InvalidOperationException(
                 $"Device '{name}' was requested but CUDA is not available (torch.cuda.is_available() is false): reference the TorchSharp-cuda-linux or TorchSharp-cuda-windows runtime package and check the NVIDIA driver, or load on 'cpu'.");

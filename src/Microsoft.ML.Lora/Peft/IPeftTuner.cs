@@ -45,6 +45,13 @@ internal interface IPeftTuner
     /// </summary>
     SortedDictionary<string, Tensor> StateDict(string name);
 
+    /// <summary>
+    /// Tensors a training checkpoint holds besides the saved adapter so that training resumes exactly, by name (the
+    /// live parameters); empty when the saved tensors are the trainable parameters themselves. A prompt encoder with an
+    /// MLP saves only its output (PEFT's format), so its parameters go here.
+    /// </summary>
+    IReadOnlyDictionary<string, Tensor> TrainingState(string name) => new Dictionary<string, Tensor>();
+
     /// <summary>The method's own fields of adapter_config.json for adapter <paramref name="name"/> (peft_type and the common fields are added by the caller).</summary>
     JsonObject ConfigJson(string name);
 

@@ -72,6 +72,7 @@ internal static class PeftAdapterIO
     public static void Save(PeftModel model, string folder, string? adapter = null)
     {
         adapter ??= model.ActiveAdapter;
+        using var scope = NewDisposeScope(); // a prompt encoder's output is computed for the file
         WriteFolder(folder, model.StateDict(adapter), ConfigJson(model, adapter));
     }
 
@@ -80,22 +81,20 @@ internal static class PeftAdapterIO
     /// swap (<see cref="AtomicFolder"/>): a kill or a failure leaves the previous adapter as it was; other files of the
     /// folder are kept.
     /// </summary>
-    public static void WriteFolder(string folder, IReadOnlyDictionary<string, Tensor> state, JsonObject config)
+    public static void WriteFolder(string folder, IReadOnlyDictionary<string, Tensor> state, JsonObject config) =>
+        AtomicFolder.Write(folder, tmp =>
+        {
+            WriteTensors(Path.Combine(tmp, WeightsFile), state);
+            AtomicFile.WriteAllText(Path.Combine(tmp, ConfigFile), config.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+            BeforeCommit?.Invoke(folder);
+        }, keepOtherEntries: true);
+
+    /// <summary>Writes <paramref name="state"/> as a safetensors file ("format": "pt", as PEFT), copied to the CPU; call it inside a folder written atomically.</summary>
+    public static void WriteTensors(string path, IReadOnlyDictionary<string, Tensor> state)
     {
         var cpu = state.Select(kv => new KeyValuePair<string, Tensor>(kv.Key, kv.Value.detach().cpu().contiguous())).ToList();
-        try
-        {
-            AtomicFolder.Write(folder, tmp =>
-            {
-                SafeTensorsWriter.Save(Path.Combine(tmp, WeightsFile), cpu, new Dictionary<string, string> { ["format"] = "pt" });
-                AtomicFile.WriteAllText(Path.Combine(tmp, ConfigFile), config.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
-                BeforeCommit?.Invoke(folder);
-            }, keepOtherEntries: true);
-        }
-        finally
-        {
-            foreach (var kv in cpu) kv.Value.Dispose();
-        }
+        try { SafeTensorsWriter.Save(path, cpu, new Dictionary<string, string> { ["format"] = "pt" }); }
+        finally { foreach (var kv in cpu) kv.Value.Dispose(); }
     }
 
     /// <summary>Test hook: runs after both files are written, before they replace the previous ones.</summary>
@@ -114,14 +113,15 @@ internal static class PeftAdapterIO
     }
 
     /// <summary>
-    /// Copies the tensors of an adapter folder into <paramref name="expected"/> (saved key to live tensor); every key must
-    /// be present with its shape and no unknown key may remain.
+    /// Copies the tensors of an adapter folder (its <paramref name="fileName"/>) into <paramref name="expected"/> (saved key
+    /// to live tensor); every key must be present with its shape and no unknown key may remain.
     /// </summary>
-    public static void LoadInto(IReadOnlyDictionary<string, Tensor> expected, string folder, IReadOnlyDictionary<string, Tensor>? optional = null)
+    public static void LoadInto(IReadOnlyDictionary<string, Tensor> expected, string folder, IReadOnlyDictionary<string, Tensor>? optional = null,
+        string fileName = WeightsFile)
     {
         optional ??= new Dictionary<string, Tensor>();
-        var path = Path.Combine(folder, WeightsFile);
-        if (!File.Exists(path)) throw new AdapterLoadException($"No {WeightsFile} in adapter folder '{folder}'.", path);
+        var path = Path.Combine(folder, fileName);
+        if (!File.Exists(path)) throw new AdapterLoadException($"No {fileName} in adapter folder '{folder}'.", path);
         using var file = OpenWeights(path);
         var missing = expected.Keys.Where(k => !file.Contains(k)).ToList();
         var unexpected = file.Tensors.Select(t => t.Name).Where(n => !expected.ContainsKey(n) && !optional.ContainsKey(n)).ToList();

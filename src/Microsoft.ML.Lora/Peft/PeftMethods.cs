@@ -18,7 +18,7 @@ internal static class PeftMethods
     private static readonly PeftMethod[] All =
     [
         new("LORA", LoraConfigJson.Read, model => new LoraModel(model)),
-        new("IA3", IA3Model.ReadConfig, model => new IA3Model(model)),
+        new("IA3", IA3Config.Read, model => new IA3Model(model)),
         new("PROMPT_TUNING", PromptTuningConfig.Read, model => new PromptLearningModel(model)),
         new("P_TUNING", PromptEncoderConfig.Read, model => new PromptLearningModel(model)),
         new("PREFIX_TUNING", PrefixTuningConfig.Read, model => new PromptLearningModel(model)),

@@ -15,6 +15,8 @@ namespace Microsoft.ML.Lora.Training;
 public sealed class Trainer : IDisposable
 {
     internal const string OptimizerFile = "optimizer.pt";
+    /// <summary>The checkpoint file of <see cref="IPeftTuner.TrainingState"/> (a prompt encoder's parameters), when the method has one.</summary>
+    internal const string TrainingStateFile = "adapter_training_state.safetensors";
 
     /// <summary>
     /// Steps between <see cref="ReleaseFreedMemory"/> calls. Without them resident memory keeps growing (heap
@@ -162,15 +164,7 @@ public sealed class Trainer : IDisposable
     internal double Evaluate(IReadOnlyList<(int[] Ids, long[] Labels)> examples, Collator collator)
     {
         _model.Model.eval();
-        double sum = 0; long count = 0;
-        using (no_grad())
-            for (int i = 0; i < examples.Count; i += _o.BatchSize)
-            {
-                using var scope = NewDisposeScope();
-                using var b = collator.Collate(examples.Skip(i).Take(_o.BatchSize).ToList(), _model.Model.Device);
-                var (s, c) = _model.LossSum(b.InputIds, b.AttentionMask, b.Labels);
-                sum += s.item<float>(); count += c;
-            }
+        var (sum, count) = EvaluationLoss.Sum(_model, examples, collator, _o.BatchSize);
         _model.Model.train();
         return count == 0 ? double.NaN : sum / count;
     }
@@ -195,9 +189,7 @@ public sealed class Trainer : IDisposable
     {
         if (train.Count == 0) throw new ArgumentException("The training set is empty.", nameof(train));
         var cfg = _model.Model.Config;
-        int maxLen = _o.MaxSequenceLength > 0 ? _o.MaxSequenceLength : cfg.MaxPositionEmbeddings;
-        if (cfg.MaxPositionEmbeddings > 0) maxLen = Math.Min(maxLen, cfg.MaxPositionEmbeddings);
-        var collator = new Collator(cfg.PadTokenId ?? cfg.EosTokenId ?? 0, cfg.EosTokenId, _o.AppendEos, _o.TrainOnPrompt, maxLen, _o.Overlength);
+        var collator = Collator.For(cfg, _o);
         var encoded = train.Select((e, i) => collator.Encode(e, i)).ToList();
         var evalEncoded = eval?.Select((e, i) => collator.Encode(e, i)).ToList();
         if (evalEncoded is { Count: 0 }) throw new ArgumentException("The eval set is empty; pass null for no evaluation.", nameof(eval));
@@ -363,6 +355,8 @@ public sealed class Trainer : IDisposable
     internal void SaveCheckpoint(string folder, int totalSteps, int truncated = 0) => AtomicFolder.Write(folder, tmp =>
     {
         PeftAdapterIO.Save(_model, tmp);
+        if (_model.Tuner.TrainingState(_model.ActiveAdapter) is { Count: > 0 } state)
+            PeftAdapterIO.WriteTensors(Path.Combine(tmp, TrainingStateFile), state);
         _optimizer.save_state_dict(Path.Combine(tmp, OptimizerFile));
         AtomicFile.WriteAllText(Path.Combine(tmp, TrainerState.FileName), State(totalSteps, truncated).ToJson());
     });
@@ -376,6 +370,8 @@ public sealed class Trainer : IDisposable
             throw new InvalidOperationException($"Checkpoint '{folder}' was written for {state.TotalSteps} total steps; these options give {t}. Resume with the same options.");
         if (state.Seed != _o.Seed) throw new InvalidOperationException($"Checkpoint '{folder}' used seed {state.Seed}; the options have {_o.Seed}.");
         PeftAdapterIO.LoadWeights(_model, folder);
+        if (_model.Tuner.TrainingState(_model.ActiveAdapter) is { Count: > 0 } training)
+            PeftAdapterIO.LoadInto(training, folder, fileName: TrainingStateFile);
         var opt = Path.Combine(folder, OptimizerFile);
         if (!File.Exists(opt)) throw new FileNotFoundException($"Checkpoint '{folder}' has no {OptimizerFile}.", opt);
         _optimizer.load_state_dict(opt);

@@ -253,7 +253,7 @@ public sealed class EndToEndTests : IDisposable
         o.Lora.TargetModules = ["all-linear"];
         o.Training.WarmupRatio = 0.1;
         o.Training.GradientAccumulationSteps = 2;
-        var lora = TorchSharpTextGeneratorFactory.ToLoraConfig(o);
+        var lora = o.ToLoraConfig();
         lora.R.Should().Be(4);
         lora.LoraAlpha.Should().Be(8);
         lora.Scaling.Should().Be(2);

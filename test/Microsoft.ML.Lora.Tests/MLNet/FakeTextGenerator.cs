@@ -92,6 +92,23 @@ internal sealed class FakeTextGenerator : ITextGenerator
         return promptIds.Select(p => "ids:" + string.Join(",", p.Reverse()) + "|" + Tag).ToList();
     }
 
+    /// <summary>
+    /// Each row scores completion length + 1 tokens (the EOS), each with loss (prompt length + 1) / 10: a row-dependent
+    /// per-token loss, so a micro-average differs from a mean of row means.
+    /// </summary>
+    public (double Sum, long Tokens) CompletionLoss(IReadOnlyList<PromptCompletion> examples)
+    {
+        if (Disposed) throw new ObjectDisposedException(nameof(FakeTextGenerator));
+        double sum = 0; long tokens = 0;
+        foreach (var e in examples)
+        {
+            int n = (e.CompletionIds?.Length ?? e.Completion.Length) + 1;
+            sum += n * ((e.PromptIds?.Length ?? e.Prompt.Length) + 1) / 10.0;
+            tokens += n;
+        }
+        return (sum, tokens);
+    }
+
     public void SaveAdapter(string folder)
     {
         File.WriteAllText(Path.Combine(folder, "adapter_config.json"), JsonSerializer.Serialize(new { tag = Tag, seed = _seed, r = 8 }));

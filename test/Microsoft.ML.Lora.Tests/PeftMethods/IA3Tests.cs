@@ -105,4 +105,34 @@ public class IA3Tests(ITestOutputHelper output)
         err.Should().BeLessThanOrEqualTo(1e-4);
         (adapted - ModelLoader.Load(Fixtures.Model(arch)).Forward(ids)).abs().max().item<float>().Should().BeGreaterThan(1e-2f, "the vectors change the output");
     }
+
+    [Fact]
+    public void Delete_adapter_removes_its_vectors_and_the_first_adapter_becomes_active()
+    {
+        using var scope = NewDisposeScope();
+        var model = ModelLoader.Load(Fixtures.Model("llama"));
+        model.eval();
+        var ids = tensor(new long[] { 5, 17, 99, 3, 250, 8 }).unsqueeze(0);
+        using var _ = no_grad();
+        var baseLogits = model.Forward(ids);
+        var ia3 = PeftModel.GetPeftModel(model, new IA3Config());
+        ia3.AddAdapter("second", new IA3Config { InitIA3Weights = false }); // random vectors: the model differs from the base
+        ia3.SetAdapter("second");
+        (model.Forward(ids) - baseLogits).abs().max().item<float>().Should().BeGreaterThan(1e-2f);
+        ia3.AddAdapter("third", new IA3Config());
+        ia3.SetAdapter("third");
+        ia3.MergeAdapter(); // vectors of ones: merge and unmerge are exact
+        ia3.Invoking(p => p.DeleteAdapter("third")).Should().Throw<InvalidOperationException>().WithMessage("Unmerge adapter 'third' before deleting it.");
+        ia3.UnmergeAdapter();
+        ia3.DeleteAdapter("third");
+        ia3.SetAdapter("second");
+
+        ia3.DeleteAdapter("second");
+        ia3.ActiveAdapter.Should().Be("default");
+        ia3.PeftConfigs.Keys.Should().Equal("default");
+        model.named_parameters().Select(p => p.name).Should().NotContain(n => n.Contains(".second")).And.Contain(n => n.EndsWith("ia3_l.default"));
+        ia3.IA3Layers.Values.Should().OnlyContain(l => l.ActiveAdapter == "default");
+        ia3.TrainableParameters().Should().HaveCount(ia3.IA3Layers.Count);
+        (model.Forward(ids) - baseLogits).abs().max().item<float>().Should().BeLessThanOrEqualTo(1e-5f, "the remaining adapter starts at 1");
+    }
 }

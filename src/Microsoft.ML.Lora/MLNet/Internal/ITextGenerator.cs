@@ -16,6 +16,12 @@ internal interface ITextGenerator : IDisposable
     /// </summary>
     IReadOnlyList<string> GenerateFromIds(IReadOnlyList<int[]> promptIds, LoraGenerationOptions generation);
 
+    /// <summary>
+    /// The summed cross-entropy of the completion tokens of <paramref name="examples"/> given their prompts, and how many
+    /// tokens there are: the tokens and the masking of training (completion + EOS, prompt masked, cut to the length), no dropout.
+    /// </summary>
+    (double Sum, long Tokens) CompletionLoss(IReadOnlyList<PromptCompletion> examples);
+
     /// <summary>Restarts the sampling generator from <paramref name="seed"/>: the next samples repeat those drawn after the same seed.</summary>
     void ResetSampling(int seed);
 

@@ -1,5 +1,6 @@
 using Microsoft.ML.Lora.Generation;
 using Microsoft.ML.Lora.Peft;
+using Microsoft.ML.Lora.Training;
 
 namespace Microsoft.ML.Lora.MLNet;
 
@@ -116,6 +117,16 @@ internal sealed class TorchSharpTextGenerator : ITextGenerator
         _lora.Model.eval();
         var generated = _generator.Generate(ids, generation);
         return generated.Select(tokens => _tokenizer.Decode(eos is int stop ? tokens.Where(t => t != stop).ToList() : tokens)).ToList();
+    }
+
+    public (double Sum, long Tokens) CompletionLoss(IReadOnlyList<PromptCompletion> examples)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        var config = _lora.Model.Config;
+        int? eos = config.EosTokenId ?? _tokenizer.EosId;
+        var encoded = TorchSharpTextGeneratorFactory.Encode(_tokenizer, config, examples, eos);
+        _lora.Model.eval();
+        return EvaluationLoss.Sum(_lora, encoded, TorchSharpTextGeneratorFactory.ToTrainingOptions(_options, eos is not null));
     }
 
     public void SaveAdapter(string folder)

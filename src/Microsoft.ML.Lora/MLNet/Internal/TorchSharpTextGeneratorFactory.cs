@@ -22,7 +22,7 @@ internal sealed class TorchSharpTextGeneratorFactory : ITextGeneratorFactory
             PeftModel lora;
             using (var rng = new Generator((ulong)options.Seed.GetValueOrDefault())) // LoRA A initialisation, this Fit's own generator
             using (Rng.Use(rng))
-                lora = PeftModel.GetPeftModel(model, ToLoraConfig(options), warning: control.Warning);
+                lora = PeftModel.GetPeftModel(model, options.ToPeftConfig(), warning: control.Warning);
             log(lora.TrainableReport());
 
             var eos = model.Config.EosTokenId ?? tokenizer.EosId;
@@ -32,7 +32,7 @@ internal sealed class TorchSharpTextGeneratorFactory : ITextGeneratorFactory
             var trainingOptions = ToTrainingOptions(options, eos is not null, validation is not null);
 
             var state = Run(lora, trainingOptions, train, eval, control, options.Training.ResumeFromCheckpoint);
-            model.eval();
+            lora.GetBaseModel().eval();
             log(FormattableString.Invariant(
                 $"Training done: {state.GlobalStep} steps{(state.StoppedEarly ? " (stopped early)" : "")}, first loss {state.LossHistory.FirstOrDefault():F4}, last loss {state.LossHistory.LastOrDefault():F4}") +
                 (state.BestEvalLoss is double best ? FormattableString.Invariant($", best validation loss {best:F4} at step {state.BestStep}") +
@@ -54,7 +54,8 @@ internal sealed class TorchSharpTextGeneratorFactory : ITextGeneratorFactory
         try
         {
             var lora = PeftModel.FromPretrained(model, adapterFolder); // for generation: loaded in inference mode, as any method allows
-            model.eval();
+            if (lora.PeftConfig is not LoraConfig) options.Method = lora.PeftConfig with { InferenceMode = false };
+            lora.GetBaseModel().eval();
             return new TorchSharpTextGenerator(lora, tokenizer, options);
         }
         catch
@@ -69,14 +70,14 @@ internal sealed class TorchSharpTextGeneratorFactory : ITextGeneratorFactory
     /// tokenizer names it. A row that cannot be used (an id outside the vocabulary, text the tokenizer refuses) throws
     /// <see cref="PromptException"/> with its index, for the estimator to name the row and column.
     /// </summary>
-    private static List<TrainingExample> Encode(IBackendTokenizer tokenizer, ModelConfig config, IReadOnlyList<PromptCompletion> examples, int? eos, bool validation = false)
+    internal static List<TrainingExample> Encode(IBackendTokenizer tokenizer, ModelConfig config, IReadOnlyList<PromptCompletion> examples, int? eos, bool validation = false)
     {
         var list = new List<TrainingExample>(examples.Count);
         for (int i = 0; i < examples.Count; i++)
         {
             var e = examples[i];
             var prompt = Row(i, false, validation, () => e.PromptIds is { } p ? PromptIds(tokenizer, p, config) : PromptIds(tokenizer, e.Prompt, config));
-            var completion = Row(i, true, validation, () => e.CompletionIds is { } c ? CheckIds(c, config) : tokenizer.Encode(e.Completion, addSpecialTokens: false));
+            var completion = Row(i, true, validation, () => CheckIds(e.CompletionIds ?? tokenizer.Encode(e.Completion, addSpecialTokens: false), config));
             list.Add(new TrainingExample(prompt, config.EosTokenId is null && eos is not null ? [.. completion, eos.Value] : completion));
         }
         return list;
@@ -116,12 +117,12 @@ internal sealed class TorchSharpTextGeneratorFactory : ITextGeneratorFactory
         return [start];
     }
 
-    /// <summary>Throws when a token id (from a token column) is outside the model's vocabulary.</summary>
+    /// <summary>Throws when a token id (from a token column, or a tokenizer larger than the model) is outside the model's vocabulary.</summary>
     internal static int[] CheckIds(int[] ids, ModelConfig config)
     {
         foreach (int id in ids)
             if (id < 0 || id >= config.VocabSize)
-                throw new ArgumentOutOfRangeException(null, $"Token id {id} is outside the vocabulary of the base model (0 to {config.VocabSize - 1}); tokenize with the base model's tokenizer.");
+                throw new ArgumentOutOfRangeException(null, $"Token id {id} is outside the vocabulary of the base model (0 to {config.VocabSize - 1}, vocab_size in its config.json): ids must come from the base model's tokenizer, and that tokenizer must not be larger than the model.");
         return ids;
     }
 
@@ -140,15 +141,6 @@ internal sealed class TorchSharpTextGeneratorFactory : ITextGeneratorFactory
         "bfloat16" or "bf16" => ScalarType.BFloat16,
         "float16" or "fp16" or "half" => ScalarType.Float16,
         var d => throw new ArgumentException($"LoraCausalLmOptions.{option} '{d}' is not supported; use float32, bfloat16 or float16."),
-    };
-
-    internal static LoraConfig ToLoraConfig(LoraCausalLmOptions o) => new()
-    {
-        R = o.Lora.Rank,
-        LoraAlpha = o.Lora.Alpha,
-        LoraDropout = o.Lora.Dropout,
-        TargetModules = o.Lora.TargetModules is { Length: > 0 } t ? t : null,
-        BaseModelNameOrPath = o.BaseModelFolder,
     };
 
     internal static TrainingOptions ToTrainingOptions(LoraCausalLmOptions o, bool appendEos, bool validate = false) => new()

@@ -42,4 +42,17 @@ public sealed record IA3Config : PeftConfig
         if (TargetModules is { } t && FeedforwardModules is { } ff && ff.Except(t).FirstOrDefault() is { } extra)
             throw new ArgumentException($"IA3Config.FeedforwardModules must be a subset of TargetModules; '{extra}' is not a target.");
     }
+
+    /// <summary>Parses IA3's fields of an adapter_config.json object.</summary>
+    internal static PeftConfig Read(System.Text.Json.Nodes.JsonObject j, string path)
+    {
+        if (j["modules_to_save"] is System.Text.Json.Nodes.JsonArray { Count: > 0 }) throw new PeftConfigException($"'{path}': IA3 with modules_to_save is not supported.", path, "modules_to_save");
+        return new IA3Config
+        {
+            TargetModules = PeftJson.Strings(j, "target_modules", path),
+            FeedforwardModules = PeftJson.Strings(j, "feedforward_modules", path),
+            FanInFanOut = PeftJson.Bool(j, "fan_in_fan_out", path) ?? false,
+            InitIA3Weights = PeftJson.Bool(j, "init_ia3_weights", path) ?? true,
+        };
+    }
 }

@@ -10,11 +10,11 @@ namespace Microsoft.ML.Lora.Peft;
 /// [out, 1] on ordinary targets, y = base(x · l) with l [1, in] on feed-forward targets. State-dict names are PEFT's:
 /// <c>base_layer.weight</c>, <c>ia3_l.&lt;adapter&gt;</c> (a parameter, no <c>.weight</c>).
 /// </summary>
-internal sealed class IA3Linear : nn.Module<Tensor, Tensor>, ILinear
+internal sealed class IA3Linear : nn.Module<Tensor, Tensor>, ILinear, ITunerLayer
 {
 #pragma warning disable IDE1006 // PEFT's names, registered by field name
     private readonly nn.Module<Tensor, Tensor> base_layer;
-    private readonly VectorDict ia3_l;
+    private readonly ParameterDict ia3_l;
 #pragma warning restore IDE1006
     private readonly List<string> _merged = new();
 
@@ -22,13 +22,14 @@ internal sealed class IA3Linear : nn.Module<Tensor, Tensor>, ILinear
     {
         if (baseLayer is not ILinear) throw new ArgumentException($"IA3 wraps linear layers (ILinear); got {baseLayer.GetType().Name}.");
         base_layer = baseLayer;
-        ia3_l = new VectorDict();
+        ia3_l = new ParameterDict();
         IsFeedforward = isFeedforward;
         RegisterComponents();
         foreach (var p in base_layer.parameters()) p.requires_grad = false;
     }
 
     public nn.Module<Tensor, Tensor> BaseLayer => base_layer;
+    nn.Module ITunerLayer.BaseLayer => base_layer;
     private ILinear Base => (ILinear)base_layer;
     /// <summary>True: the vector scales the input features (PEFT's is_feedforward).</summary>
     public bool IsFeedforward { get; }
@@ -44,17 +45,30 @@ internal sealed class IA3Linear : nn.Module<Tensor, Tensor>, ILinear
     public bool AdaptersDisabled { get; set; }
 
     /// <summary>The vector of <paramref name="adapter"/>: [1, in] on a feed-forward target, else [out, 1].</summary>
-    public Parameter Vector(string adapter) => ia3_l.Items.TryGetValue(adapter, out var v) ? v : throw new KeyNotFoundException($"No IA3 adapter '{adapter}'.");
+    public Parameter Vector(string adapter) => ia3_l.ContainsKey(adapter) ? ia3_l[adapter] : throw new KeyNotFoundException($"No IA3 adapter '{adapter}'.");
 
-    /// <summary>Adds adapter <paramref name="name"/> (PEFT's update_layer): ones, or torch.randn values without init; float32 over a half-precision base when <paramref name="autocastAdapterDtype"/>.</summary>
+    /// <summary>Adds adapter <paramref name="name"/> (PEFT's update_layer): ones, or N(0, 1) values (torch.randn) without init; float32 over a half-precision base when <paramref name="autocastAdapterDtype"/>.</summary>
     public void AddAdapter(string name, IA3Config config, bool autocastAdapterDtype = true)
     {
         var w = Base.weight;
         var dtype = autocastAdapterDtype && w.dtype is ScalarType.BFloat16 or ScalarType.Float16 ? ScalarType.Float32 : w.dtype;
         long[] shape = IsFeedforward ? [1, InFeatures] : [OutFeatures, 1];
-        var v = config.InitIA3Weights ? ones(shape, dtype: dtype, device: w.device) : randn(shape, dtype: dtype, device: w.device);
-        ia3_l.Add(name, new Parameter(v));
+        var v = ones(shape, dtype: dtype, device: w.device);
+        if (!config.InitIA3Weights) Training.Rng.Normal(v, std: 1); // torch.randn's values from the installed seeded generator, never torch's global one
+        ia3_l.Add((name, new Parameter(v)));
         ActiveAdapter ??= name;
+    }
+
+    /// <summary>Removes adapter <paramref name="name"/> (it must not be merged); the first remaining one becomes active if it was.</summary>
+    public void DeleteAdapter(string name)
+    {
+        if (_merged.Contains(name)) throw new InvalidOperationException($"Unmerge adapter '{name}' before deleting it.");
+        if (ia3_l.ContainsKey(name))
+        {
+            using var removed = ia3_l[name];
+            ia3_l.Remove(name);
+        }
+        if (ActiveAdapter == name) ActiveAdapter = ia3_l.Keys.FirstOrDefault();
     }
 
     public override Tensor forward(Tensor x)
@@ -103,18 +117,5 @@ internal sealed class IA3Linear : nn.Module<Tensor, Tensor>, ILinear
                 if (!IsFeedforward && Base.bias is { } b) b.copy_(b.div(l.reshape(b.shape)).to(b.dtype));
             }
         _merged.Clear();
-    }
-
-    /// <summary>PEFT's ParameterDict: one parameter per adapter name, registered as <c>ia3_l.&lt;adapter&gt;</c>.</summary>
-    private sealed class VectorDict : nn.Module
-    {
-        private readonly Dictionary<string, Parameter> _items = new();
-        public VectorDict() : base("ParameterDict") { }
-        public IReadOnlyDictionary<string, Parameter> Items => _items;
-        public void Add(string adapter, Parameter p)
-        {
-            _items.Add(adapter, p);
-            register_parameter(adapter, p);
-        }
     }
 }

@@ -10,25 +10,17 @@ namespace Microsoft.ML.Lora.Peft;
 /// The (IA)³ tuner (PEFT's tuners/ia3/model.py IA3Model): the first adapter wraps its targets in
 /// <see cref="IA3Linear"/> in place; later adapters are added to the same layers. <see cref="PeftModel"/> holds it.
 /// </summary>
-internal sealed class IA3Model(CausalLm model) : IPeftTuner
+internal sealed class IA3Model(CausalLm model) : LayerTuner<IA3Config>(model)
 {
-    private readonly Dictionary<string, IA3Config> _configs = new();
-    private readonly Dictionary<string, IA3Linear> _layers = new();
-
-    /// <inheritdoc/>
-    public CausalLm Model { get; } = model;
     /// <summary>Wrapped layers by module path (the path of the original linear).</summary>
-    public IReadOnlyDictionary<string, IA3Linear> Layers => _layers;
+    public IReadOnlyDictionary<string, IA3Linear> Layers => LayersOf<IA3Linear>();
 
     /// <summary>
-    /// Adds adapter <paramref name="name"/>; the first wraps the targets of its config (the model type's defaults when
-    /// null). A target is feed-forward when its path ends with one of <see cref="IA3Config.FeedforwardModules"/> (PEFT's endswith).
+    /// The config with PEFT's defaults of the model type for null targets. A target is feed-forward when its path ends
+    /// with one of <see cref="IA3Config.FeedforwardModules"/> (PEFT's endswith).
     /// </summary>
-    public PeftConfig AddAdapter(string name, PeftConfig peftConfig, bool autocastAdapterDtype, Action<string> warning)
+    private IA3Config Complete(IA3Config config)
     {
-        using var rng = Training.Rng.UseDefaultUnlessInstalled(); // init_ia3_weights=false draws from a seed, never torch's global generator
-        if (peftConfig is not IA3Config config) throw new ArgumentException($"The IA3 tuner takes an IA3Config, got {peftConfig.GetType().Name}.");
-        if (_configs.ContainsKey(name)) throw new ArgumentException($"Adapter '{name}' already exists.");
         string type = Model.Config.ModelType;
         config = config with
         {
@@ -36,15 +28,21 @@ internal sealed class IA3Model(CausalLm model) : IPeftTuner
             FeedforwardModules = config.FeedforwardModules ?? (config.TargetModules is null ? IA3Config.DefaultFeedforward(type) : []),
         };
         config.Validate();
-        if (_layers.Count == 0) config = Inject(name, config, autocastAdapterDtype, warning);
-        else
-            foreach (var l in _layers.Values) { var active = l.ActiveAdapter; l.AddAdapter(name, config, autocastAdapterDtype); l.ActiveAdapter = active; }
-        _configs[name] = config;
         return config;
     }
 
-    private IA3Config Inject(string adapterName, IA3Config config, bool autocastAdapterDtype, Action<string> warning)
+    /// <inheritdoc/>
+    protected override IA3Config AddToLayers(string name, IA3Config config, bool autocastAdapterDtype)
     {
+        config = Complete(config);
+        foreach (var l in Layers.Values) l.AddAdapter(name, config, autocastAdapterDtype);
+        return config;
+    }
+
+    /// <inheritdoc/>
+    protected override IA3Config Inject(string adapterName, IA3Config config, bool autocastAdapterDtype, Action<string> warning)
+    {
+        config = Complete(config);
         string type = Model.Config.ModelType;
         var linears = LoraModel.LinearModules(Model);
         var targets = linears.Where(l => config.TargetModules!.Any(t => LoraConfig.SuffixMatch(l.Path, t))).ToList();
@@ -60,44 +58,27 @@ internal sealed class IA3Model(CausalLm model) : IPeftTuner
         {
             bool feedforward = config.FeedforwardModules!.Any(f => path.EndsWith(f, StringComparison.Ordinal));
             var wrapper = new IA3Linear((nn.Module<Tensor, Tensor>)ModuleSurgery.Get(Model, path), feedforward);
-            ModuleSurgery.Replace(Model, path, wrapper);
+            Wrap(path, wrapper);
             wrapper.AddAdapter(adapterName, config, autocastAdapterDtype);
-            _layers[path] = wrapper;
         }
         return config;
     }
 
-    /// <inheritdoc/>
-    public void DeleteAdapter(string name) =>
-        throw new NotSupportedException($"Deleting IA3 adapter '{name}' is not supported; load the base model again.");
-
-    /// <inheritdoc/>
-    public void SetAdapter(string name)
-    {
-        foreach (var l in _layers.Values) l.ActiveAdapter = name;
-    }
-
-    /// <inheritdoc/>
-    public bool AdaptersDisabled
-    {
-        set { foreach (var l in _layers.Values) l.AdaptersDisabled = value; }
-    }
-
     /// <summary>The adapter's vectors (<c>ia3_l.&lt;adapter&gt;</c>).</summary>
-    public IEnumerable<Parameter> TrainableParameters(string adapter) => _layers.Values.Select(l => l.Vector(adapter));
+    public override IEnumerable<Parameter> TrainableParameters(string adapter) => Layers.Values.Select(l => l.Vector(adapter));
 
     /// <summary>The tensors PEFT saves, by saved key (<c>base_model.model.&lt;path&gt;.ia3_l</c>; views of the live parameters).</summary>
-    public SortedDictionary<string, Tensor> StateDict(string adapter)
+    public override SortedDictionary<string, Tensor> StateDict(string adapter)
     {
         var dict = new SortedDictionary<string, Tensor>(StringComparer.Ordinal);
-        foreach (var (path, l) in _layers) dict[$"{PeftAdapterIO.Prefix}{path}.ia3_l"] = l.Vector(adapter);
+        foreach (var (path, l) in Layers) dict[$"{PeftAdapterIO.Prefix}{path}.ia3_l"] = l.Vector(adapter);
         return dict;
     }
 
     /// <summary>IA3's fields of adapter_config.json as PEFT 0.18 writes them.</summary>
-    public JsonObject ConfigJson(string adapter)
+    public override JsonObject ConfigJson(string adapter)
     {
-        var c = _configs[adapter];
+        var c = Configs[adapter];
         static JsonArray Names(IEnumerable<string> s) => new([.. s.Distinct().Order(StringComparer.Ordinal).Select(x => JsonValue.Create(x))]);
         return new JsonObject
         {
@@ -112,34 +93,4 @@ internal sealed class IA3Model(CausalLm model) : IPeftTuner
 
     /// <summary>The PEFT version whose format this library writes.</summary>
     public const string PeftVersion = "0.18.0";
-
-    /// <summary>Parses IA3's fields of an adapter_config.json object.</summary>
-    public static PeftConfig ReadConfig(JsonObject j, string path)
-    {
-        if (j["modules_to_save"] is JsonArray { Count: > 0 }) throw new PeftConfigException($"'{path}': IA3 with modules_to_save is not supported.", path, "modules_to_save");
-        return new IA3Config
-        {
-            TargetModules = PeftJson.Strings(j, "target_modules", path),
-            FeedforwardModules = PeftJson.Strings(j, "feedforward_modules", path),
-            FanInFanOut = PeftJson.Bool(j, "fan_in_fan_out", path) ?? false,
-            InitIA3Weights = PeftJson.Bool(j, "init_ia3_weights", path) ?? true,
-        };
-    }
-
-    /// <inheritdoc/>
-    public void Merge(string adapter) { foreach (var l in _layers.Values) l.Merge(adapter); }
-    /// <inheritdoc/>
-    public void Unmerge() { foreach (var l in _layers.Values) l.Unmerge(); }
-
-    /// <summary>Merges the vectors of <paramref name="mergeName"/> (when given) into the base weights and puts the original linears back (PEFT's merge_and_unload / unload).</summary>
-    public CausalLm Unload(string? mergeName)
-    {
-        foreach (var (path, l) in _layers)
-        {
-            if (mergeName is not null) l.Merge(mergeName);
-            ModuleSurgery.Replace(Model, path, l.BaseLayer);
-        }
-        _layers.Clear();
-        _configs.Clear();        return Model;
-    }
 }

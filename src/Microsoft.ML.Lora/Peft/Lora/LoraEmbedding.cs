@@ -11,7 +11,7 @@ namespace Microsoft.ML.Lora.Peft;
 /// Init is the reverse of a linear layer's: A = 0, B ~ N(0, 1). No dropout, as in PEFT. The lookup of Aᵀ uses the base
 /// embedding's padding_idx: that column of A gets no gradient.
 /// </summary>
-internal sealed class LoraEmbedding : nn.Module<Tensor, Tensor>, Models.Layers.IWrappedEmbedding
+internal sealed class LoraEmbedding : nn.Module<Tensor, Tensor>, Models.Layers.IWrappedEmbedding, ITunerLayer
 {
 #pragma warning disable IDE1006 // PEFT's names, registered by field name
     private readonly Embedding base_layer;
@@ -36,6 +36,7 @@ internal sealed class LoraEmbedding : nn.Module<Tensor, Tensor>, Models.Layers.I
 
     /// <summary>The wrapped embedding.</summary>
     public Embedding BaseLayer => base_layer;
+    nn.Module ITunerLayer.BaseLayer => base_layer;
     /// <summary>The base embedding matrix [vocab, hidden].</summary>
     public Parameter weight => base_layer.weight;
     /// <summary>The adapter used in forward, or null for none.</summary>

@@ -11,7 +11,7 @@ namespace Microsoft.ML.Lora.Peft;
 /// with lora_A [r, in] and lora_B [out, r]. State-dict names are PEFT's: <c>base_layer.weight</c>,
 /// <c>lora_A.&lt;adapter&gt;.weight</c>, <c>lora_B.&lt;adapter&gt;.weight</c>. Several adapters may be held; one is active.
 /// </summary>
-internal sealed class LoraLinear : nn.Module<Tensor, Tensor>, ILinear
+internal sealed class LoraLinear : nn.Module<Tensor, Tensor>, ILinear, ITunerLayer
 {
 #pragma warning disable IDE1006 // PEFT's names, registered by field name
     private readonly nn.Module<Tensor, Tensor> base_layer;
@@ -36,6 +36,7 @@ internal sealed class LoraLinear : nn.Module<Tensor, Tensor>, ILinear
     }
 
     public nn.Module<Tensor, Tensor> BaseLayer => base_layer;
+    nn.Module ITunerLayer.BaseLayer => base_layer;
     private ILinear Base => (ILinear)base_layer;
     public long InFeatures => Base.InFeatures;
     public long OutFeatures => Base.OutFeatures;

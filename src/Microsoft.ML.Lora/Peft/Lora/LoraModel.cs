@@ -12,20 +12,12 @@ namespace Microsoft.ML.Lora.Peft;
 /// The LoRA tuner (PEFT's tuners/lora/model.py LoraModel): the first adapter wraps its targets in
 /// <see cref="LoraLinear"/> in place; later adapters are added to the same layers. <see cref="PeftModel"/> holds it.
 /// </summary>
-internal sealed class LoraModel(CausalLm model) : IPeftTuner
+internal sealed class LoraModel(CausalLm model) : LayerTuner<LoraConfig>(model)
 {
-    private readonly Dictionary<string, LoraConfig> _configs = new();
-    private readonly Dictionary<string, LoraLinear> _layers = new();
-
-    /// <inheritdoc/>
-    public CausalLm Model { get; } = model;
-    /// <summary>Wrapped layers by module path (the path of the original linear).</summary>
-    public IReadOnlyDictionary<string, LoraLinear> Layers => _layers;
+    /// <summary>Wrapped linear layers by module path (the path of the original linear).</summary>
+    public IReadOnlyDictionary<string, LoraLinear> Layers => LayersOf<LoraLinear>();
     /// <summary>Wrapped embeddings by module path (PEFT's LoRA Embedding layer).</summary>
-    public IReadOnlyDictionary<string, LoraEmbedding> Embeddings => _embeddings;
-    private readonly Dictionary<string, LoraEmbedding> _embeddings = new();
-    /// <summary>The configs of the adapters, as kept (fan_in_fan_out completed).</summary>
-    public IReadOnlyDictionary<string, LoraConfig> Configs => _configs;
+    public IReadOnlyDictionary<string, LoraEmbedding> Embeddings => LayersOf<LoraEmbedding>();
 
     /// <summary>Names of the linear layers of <paramref name="model"/> (what target_modules can match).</summary>
     public static List<(string Path, ILinear Linear)> LinearModules(nn.Module model) =>
@@ -70,30 +62,21 @@ internal sealed class LoraModel(CausalLm model) : IPeftTuner
             .Select(m => (m.name, m.module)).ToList();
 
     /// <summary>
-    /// Adds adapter <paramref name="name"/>. The first wraps the targets of its config (get_peft_model); later ones are
-    /// added to the same layers. With <paramref name="autocastAdapterDtype"/> (PEFT's default) the adapter weights of a
-    /// bfloat16 or float16 model are float32, so the optimizer updates full-precision weights while the base stays in
-    /// half precision.
+    /// Adds adapter <paramref name="name"/> to the wrapped layers. With autocast (PEFT's default) the adapter weights
+    /// of a bfloat16 or float16 model are float32, so the optimizer updates full-precision weights while the base stays
+    /// in half precision. Later adapters' saved target_modules are the model type's default when none are given.
     /// </summary>
-    public PeftConfig AddAdapter(string name, PeftConfig peftConfig, bool autocastAdapterDtype, Action<string> warning)
+    protected override LoraConfig AddToLayers(string name, LoraConfig config, bool autocastAdapterDtype)
     {
-        using var rng = Training.Rng.UseDefaultUnlessInstalled(); // the init depends on a seed, never on torch's global generator
-        if (peftConfig is not LoraConfig config) throw new ArgumentException($"The LoRA tuner takes a LoraConfig, got {peftConfig.GetType().Name}.");
-        if (_configs.ContainsKey(name)) throw new ArgumentException($"Adapter '{name}' already exists.");
-        if (_layers.Count == 0 && _embeddings.Count == 0) config = Inject(name, config, autocastAdapterDtype, warning);
-        else
-        {
-            // Later adapters go on the same layers; their saved target_modules are the model type's default when none are given.
-            if (config.TargetModules is null && config.TargetModulesRegex is null) config = config with { TargetModules = LoraConfig.DefaultTargets(Model.Config.ModelType) };
-            config = config with { FanInFanOut = config.FanInFanOut || _layers.Values.Any(l => l.FanInFanOut) };
-            foreach (var (path, l) in _layers) { var active = l.ActiveAdapter; l.AddAdapter(name, config.ForModule(path), autocastAdapterDtype); l.ActiveAdapter = active; }
-            foreach (var (path, e) in _embeddings) { var active = e.ActiveAdapter; e.AddAdapter(name, config.ForModule(path), autocastAdapterDtype); e.ActiveAdapter = active; }
-        }
-        _configs[name] = config;
+        if (config.TargetModules is null && config.TargetModulesRegex is null) config = config with { TargetModules = LoraConfig.DefaultTargets(Model.Config.ModelType) };
+        config = config with { FanInFanOut = config.FanInFanOut || Layers.Values.Any(l => l.FanInFanOut) };
+        foreach (var (path, l) in Layers) l.AddAdapter(name, config.ForModule(path), autocastAdapterDtype);
+        foreach (var (path, e) in Embeddings) e.AddAdapter(name, config.ForModule(path), autocastAdapterDtype);
         return config;
     }
 
-    private LoraConfig Inject(string adapterName, LoraConfig config, bool autocastAdapterDtype, Action<string> warning)
+    /// <summary>Wraps the targets of the first adapter's config (get_peft_model): linears in <see cref="LoraLinear"/>, embeddings in <see cref="LoraEmbedding"/>.</summary>
+    protected override LoraConfig Inject(string adapterName, LoraConfig config, bool autocastAdapterDtype, Action<string> warning)
     {
         var model = Model;
         var modules = CandidateModules(model);
@@ -113,19 +96,17 @@ internal sealed class LoraModel(CausalLm model) : IPeftTuner
         foreach (var path in targets.Where(t => byPath[t] is Embedding))
         {
             var wrapper = new LoraEmbedding((Embedding)byPath[path], EmbeddingPaddingIdx(model.Config));
-            try { ModuleSurgery.Replace(model, path, wrapper); }
+            try { Wrap(path, wrapper); }
             catch (InvalidOperationException e)
             { throw new NotSupportedException($"Target module '{path}': LoRA on the embedding of a {model.Config.ModelType} model is not supported ({e.Message})", e); }
             wrapper.AddAdapter(adapterName, config.ForModule(path), autocastAdapterDtype);
-            _embeddings[path] = wrapper;
         }
         foreach (var path in targets.Where(t => byPath[t] is ILinear))
         {
             var original = (nn.Module<Tensor, Tensor>)ModuleSurgery.Get(model, path);
             var wrapper = new LoraLinear(original);
-            ModuleSurgery.Replace(model, path, wrapper);
+            Wrap(path, wrapper);
             wrapper.AddAdapter(adapterName, config.ForModule(path), autocastAdapterDtype);
-            _layers[path] = wrapper;
         }
         return config;
     }
@@ -146,42 +127,18 @@ internal sealed class LoraModel(CausalLm model) : IPeftTuner
             "Remove lm_head from the target modules.");
     }
 
-    /// <inheritdoc/>
-    public void DeleteAdapter(string name)
-    {
-        foreach (var l in _layers.Values) l.DeleteAdapter(name);
-        foreach (var e in _embeddings.Values) e.DeleteAdapter(name);
-        _configs.Remove(name);
-    }
-
-    /// <inheritdoc/>
-    public void SetAdapter(string name)
-    {
-        foreach (var l in _layers.Values) l.ActiveAdapter = name;
-        foreach (var e in _embeddings.Values) e.ActiveAdapter = name;
-    }
-
-    /// <inheritdoc/>
-    public bool AdaptersDisabled
-    {
-        set
-        {
-            foreach (var l in _layers.Values) l.AdaptersDisabled = value;
-            foreach (var e in _embeddings.Values) e.AdaptersDisabled = value;
-        }
-    }
-
     /// <summary>A and B of the adapter (and DoRA's magnitude), and the biases its bias mode trains (PEFT's _mark_only_adapters_as_trainable).</summary>
-    public IEnumerable<Parameter> TrainableParameters(string adapter)
+    public override IEnumerable<Parameter> TrainableParameters(string adapter)
     {
-        var config = _configs[adapter];
-        foreach (var l in _layers.Values)
+        var config = Configs[adapter];
+        var layers = Layers;
+        foreach (var l in layers.Values)
         {
             yield return l.LoraA(adapter);
             yield return l.LoraB(adapter);
             if (l.Magnitude(adapter) is { } m) yield return m; // DoRA
         }
-        foreach (var e in _embeddings.Values)
+        foreach (var e in Embeddings.Values)
         {
             yield return e.LoraA(adapter);
             yield return e.LoraB(adapter);
@@ -192,22 +149,22 @@ internal sealed class LoraModel(CausalLm model) : IPeftTuner
                 if (name.EndsWith("bias", StringComparison.Ordinal) && !ModulesToSaveWrapper.IsInside(name)) yield return p;
         }
         else if (config.Bias == "lora_only")
-            foreach (var l in _layers.Values) if (l.bias is { } b) yield return b;
+            foreach (var l in layers.Values) if (l.bias is { } b) yield return b;
     }
 
     /// <inheritdoc/>
-    public SortedDictionary<string, Tensor> StateDict(string adapter)
+    public override SortedDictionary<string, Tensor> StateDict(string adapter)
     {
         const string Prefix = PeftAdapterIO.Prefix;
-        var config = _configs[adapter];
+        var config = Configs[adapter];
         var dict = new SortedDictionary<string, Tensor>(StringComparer.Ordinal);
-        foreach (var (path, l) in _layers)
+        foreach (var (path, l) in Layers)
         {
             dict[$"{Prefix}{path}.lora_A.weight"] = l.LoraA(adapter);
             dict[$"{Prefix}{path}.lora_B.weight"] = l.LoraB(adapter);
             if (l.Magnitude(adapter) is { } m) dict[$"{Prefix}{path}.lora_magnitude_vector"] = m; // PEFT drops ".weight" here
         }
-        foreach (var (path, e) in _embeddings)
+        foreach (var (path, e) in Embeddings)
         {
             // Parameters, not modules: PEFT's keys have no ".weight".
             dict[$"{Prefix}{path}.lora_embedding_A"] = e.LoraA(adapter);
@@ -224,10 +181,10 @@ internal sealed class LoraModel(CausalLm model) : IPeftTuner
     }
 
     /// <inheritdoc/>
-    public System.Text.Json.Nodes.JsonObject ConfigJson(string adapter)
+    public override System.Text.Json.Nodes.JsonObject ConfigJson(string adapter)
     {
-        var config = _configs[adapter];
-        return LoraConfigJson.Write(config, LoraConfigJson.SavedTargets(config, _layers.Keys.Concat(_embeddings.Keys)));
+        var config = Configs[adapter];
+        return LoraConfigJson.Write(config, LoraConfigJson.SavedTargets(config, AllLayers.Keys));
     }
 
     /// <summary>
@@ -240,44 +197,12 @@ internal sealed class LoraModel(CausalLm model) : IPeftTuner
         const string Prefix = PeftAdapterIO.Prefix;
         string[] names = ["embed_tokens", "lm_head"];
         bool targeted = config.TargetModulesRegex is { } regex && !config.IsAllLinear
-            ? _layers.Keys.Concat(_embeddings.Keys).Any(p => names.Any(n => LoraConfig.SuffixMatch(p, n)) && LoraTargets.FullMatch(regex, p))
+            ? AllLayers.Keys.Any(p => names.Any(n => LoraConfig.SuffixMatch(p, n)) && LoraTargets.FullMatch(regex, p))
             : (config.TargetModules ?? []).Any(t => names.Contains(t));
         if (!targeted) yield break;
         // The input embedding is the model's first embedding (embed_tokens, wte, word_embeddings); the output one is lm_head.
         var input = Model.named_modules().FirstOrDefault(m => m.module is LoraEmbedding || m.module is Embedding).name;
-        if (input is not null && _embeddings.TryGetValue(input, out var e)) yield return ($"{Prefix}{input}.base_layer.weight", e.weight);
-        if (_layers.TryGetValue("lm_head", out var head)) yield return ($"{Prefix}lm_head.base_layer.weight", head.weight);
-    }
-
-    /// <inheritdoc/>
-    public void Merge(string adapter)
-    {
-        foreach (var l in _layers.Values) l.Merge(adapter);
-        foreach (var e in _embeddings.Values) e.Merge(adapter);
-    }
-
-    /// <inheritdoc/>
-    public void Unmerge()
-    {
-        foreach (var l in _layers.Values) l.Unmerge();
-        foreach (var e in _embeddings.Values) e.Unmerge();
-    }
-
-    /// <summary>Merges adapter <paramref name="mergeName"/> (when given) into the base weights and puts the original linears back (PEFT's merge_and_unload / unload).</summary>
-    public CausalLm Unload(string? mergeName)
-    {
-        foreach (var (path, l) in _layers)
-        {
-            if (mergeName is not null) l.Merge(mergeName);
-            ModuleSurgery.Replace(Model, path, l.BaseLayer);
-        }
-        foreach (var (path, e) in _embeddings)
-        {
-            if (mergeName is not null) e.Merge(mergeName);
-            ModuleSurgery.Replace(Model, path, e.BaseLayer);
-        }
-        _layers.Clear();
-        _embeddings.Clear();
-        _configs.Clear();        return Model;
+        if (input is not null && AllLayers.GetValueOrDefault(input) is LoraEmbedding e) yield return ($"{Prefix}{input}.base_layer.weight", e.weight);
+        if (AllLayers.GetValueOrDefault("lm_head") is LoraLinear head) yield return ($"{Prefix}lm_head.base_layer.weight", head.weight);
     }
 }

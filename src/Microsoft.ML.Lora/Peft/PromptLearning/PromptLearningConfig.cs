@@ -35,7 +35,7 @@ public abstract record PromptLearningConfig : PeftConfig
     /// <summary>The config with the null sizes filled from <paramref name="model"/> (PEFT's _prepare_prompt_learning_config).</summary>
     public virtual PromptLearningConfig Resolve(ModelConfig model)
     {
-        Validate();
+        if (NumVirtualTokens <= 0) throw new ArgumentException($"{GetType().Name}.NumVirtualTokens must be positive, got {NumVirtualTokens}.");
         return this with
         {
             NumLayers = NumLayers ?? model.NumLayers,

@@ -67,7 +67,7 @@ internal sealed class PromptLearningModel : CausalLm, IPeftTuner
         {
             _ when resolved.InferenceMode => new PromptEmbedding(nn.Embedding(resolved.NumVirtualTokens, Width(resolved))),
             PromptTuningConfig pt => PromptEmbedding.Create(pt, ids => base_model.Embed(ids.to(base_model.Device)), Config.VocabSize, generator),
-            PromptEncoderConfig pe => new PromptEncoder(pe, generator),
+            PromptEncoderConfig pe => PromptEncoder.Create(pe, generator),
             PrefixTuningConfig px => PrefixEncoder.Create(px, generator),
             _ => throw new NotSupportedException($"No prompt-learning method for {config.GetType().Name}."),
         };
@@ -126,6 +126,11 @@ internal sealed class PromptLearningModel : CausalLm, IPeftTuner
         using var _ = no_grad();
         return new SortedDictionary<string, Tensor>(StringComparer.Ordinal) { ["prompt_embeddings"] = Encoder(name).Output().detach() };
     }
+
+    /// <summary>The parameters of an encoder with an MLP (P-tuning, projected prefix), whose saved output does not determine them.</summary>
+    public IReadOnlyDictionary<string, Tensor> TrainingState(string name) => prompt_encoder.Items[name] is PromptEmbedding
+        ? new Dictionary<string, Tensor>()
+        : prompt_encoder.Items[name].named_parameters().ToDictionary(p => $"prompt_encoder.{name}.{p.name}", p => (Tensor)p.parameter);
 
     /// <summary>The method's fields of adapter_config.json (num_virtual_tokens, token_dim, ...).</summary>
     public JsonObject ConfigJson(string name) => _configs[name].ToJson();
