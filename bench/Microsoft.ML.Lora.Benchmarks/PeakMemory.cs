@@ -13,7 +13,7 @@ internal static class PeakMemory
     {
         const string status = "/proc/self/status";
         var line = File.Exists(status) ? File.ReadLines(status).FirstOrDefault(l => l.StartsWith(key)) : null;
-        return line is null ? double.NaN : long.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1]) / 1024.0;
+        return line is null ? double.NaN : long.Parse(line.Split([' ', '\t'], StringSplitOptions.RemoveEmptyEntries)[1]) / 1024.0; // "VmHWM:\t13800000 kB": a tab, and no space once the value has 8 digits
     }
 
     /// <summary>Resets the peak (VmHWM) to the current RSS (Linux's clear_refs 5), so a phase's own peak can be read; no-op elsewhere.</summary>
