@@ -135,6 +135,7 @@ internal sealed class GenerationSession : IDisposable
 
     public GenerationSession(CausalLm model, Tensor ids, Tensor mask, GenerationOptions options)
     {
+        CheckLength(model, mask, options.MaxNewTokens);
         _model = model;
         _options = options;
         _cache = options.UseCache ? new KvCache(model.Config.NumLayers) : null;
@@ -150,6 +151,21 @@ internal sealed class GenerationSession : IDisposable
         _rng = options.SamplingGenerator ?? _ownedRng;
         if (options.StopStrings.Count > 0 && options.Decode is null)
             throw new ArgumentException("StopStrings need a Decode callback.", nameof(options));
+    }
+
+    /// <summary>
+    /// Refuses, before any forward pass, a prompt that would run past the positions a model with learned positions
+    /// has (GPT-2's n_positions); models with rotary or ALiBi positions have no hard limit.
+    /// </summary>
+    private static void CheckLength(CausalLm model, Tensor mask, int maxNewTokens)
+    {
+        if (model.PositionLimit is not int limit || mask.device_type == DeviceType.META) return;
+        using var lengths = mask.sum(1).cpu();
+        var counts = lengths.to_type(ScalarType.Int64).data<long>().ToArray();
+        for (int row = 0; row < counts.Length; row++)
+            if (counts[row] + maxNewTokens > limit)
+                throw new ArgumentOutOfRangeException(null,
+                    $"Prompt {row} has {counts[row]} tokens; with MaxNewTokens {maxNewTokens} it would pass the {limit} positions of the model (n_positions in config.json). Shorten the prompt or lower MaxNewTokens.");
     }
 
     /// <summary>Prompt and generated ids [batch, time].</summary>

@@ -26,15 +26,24 @@ public abstract partial class CausalLm : nn.Module
     /// [batch, past + time] (1 = token, 0 = padding) may be null (all ones). Position ids, when null, come from the
     /// mask as transformers' generate() derives them: clamp(cumsum(mask) - 1, 0). With a <paramref name="cache"/>,
     /// keys and values of earlier calls are reused and this call's are appended. Every input must be on
-    /// <see cref="Device"/> (an <see cref="InvalidOperationException"/> names the one that is not).
+    /// <see cref="Device"/> (an <see cref="InvalidOperationException"/> names the one that is not); a token id outside
+    /// the vocabulary (or, for learned positions, a position past the table) is an <see cref="ArgumentOutOfRangeException"/>.
     /// </summary>
     public Tensor Forward(Tensor inputIds, Tensor? attentionMask = null, Tensor? positionIds = null, Generation.KvCache? cache = null)
+    {
+        CheckInputs(inputIds, attentionMask, positionIds);
+        return ForwardEmbeds(Embed(inputIds), attentionMask, positionIds, cache);
+    }
+
+    /// <summary>Every input on <see cref="Device"/>, every token id inside the vocabulary.</summary>
+    private void CheckInputs(Tensor inputIds, Tensor? attentionMask, Tensor? positionIds = null)
     {
         var device = Device;
         CheckDevice("input_ids", inputIds, device);
         if (attentionMask is not null) CheckDevice("attention_mask", attentionMask, device);
         if (positionIds is not null) CheckDevice("position_ids", positionIds, device);
-        return ForwardEmbeds(Embed(inputIds), attentionMask, positionIds, cache);
+        InputBounds.Check(inputIds, Config.VocabSize, "input_ids",
+            $"the model's vocabulary has {Config.VocabSize} ids (vocab_size in config.json); encode with the model's own tokenizer");
     }
 
     /// <summary>
@@ -46,9 +55,7 @@ public abstract partial class CausalLm : nn.Module
     /// </summary>
     internal (Tensor Sum, long Count) LossSum(Tensor inputIds, Tensor? attentionMask, Tensor labels)
     {
-        var device = Device;
-        CheckDevice("input_ids", inputIds, device);
-        if (attentionMask is not null) CheckDevice("attention_mask", attentionMask, device);
+        CheckInputs(inputIds, attentionMask);
         var hidden = ForwardHidden(Embed(inputIds), attentionMask);
         return Training.CausalLmLoss.ChunkedSum(hidden, labels, LmHead, Config.VocabSize, LmHeadParameters().Where(p => p.requires_grad));
     }
@@ -88,6 +95,12 @@ public abstract partial class CausalLm : nn.Module
     {
         foreach (var embedding in modules().OfType<Embedding>()) embedding.OutputRequiresGrad = true;
     }
+
+    /// <summary>
+    /// The longest sequence the model can compute at all (learned absolute positions: GPT-2's n_positions), or null when
+    /// positions have no hard limit (rotary, ALiBi). Generation refuses, before any forward pass, to go past it.
+    /// </summary>
+    internal virtual int? PositionLimit => null;
 
     /// <summary>The device of the model's parameters, where its inputs, labels and KV cache belong.</summary>
     public Device Device

@@ -82,6 +82,8 @@ internal sealed class Gpt2ForCausalLm : CausalLm
 
     public override Tensor Embed(Tensor inputIds) => transformer.wte.forward(inputIds);
 
+    internal override int? PositionLimit => _config.MaxPositionEmbeddings;
+
     /// <summary>inputsEmbeds: (batch, seq, hidden) → hidden states (batch, seq, hidden).</summary>
     internal override Tensor ForwardHidden(Tensor inputsEmbeds, Tensor? attentionMask = null, Tensor? positionIds = null, KvCache? cache = null) =>
         transformer.forward(inputsEmbeds, attentionMask, positionIds, cache);
@@ -113,6 +115,8 @@ internal sealed class Gpt2Model : nn.Module
         long time = inputsEmbeds.shape[1], past = cache?.Length ?? 0;
         var mask = Attention.FullMask(inputsEmbeds, attentionMask, past);                // (batch, past + seq)
         positionIds ??= Attention.PositionsFromMask(mask, time);                         // (batch, seq)
+        InputBounds.Check(positionIds, wpe.weight.shape[0], "position_ids",
+            $"GPT-2 has learned positions for {wpe.weight.shape[0]} tokens (n_positions in config.json); shorten the input");
         var x = inputsEmbeds.As(Precision.Compute) + wpe.forward(positionIds);           // (batch, seq, hidden)
         var bias = Attention.CausalMask(mask, time, x.dtype);                            // (batch, 1, seq, past + seq)
         for (int i = 0; i < h.Count; i++) x = h[i].forward(x, bias, cache, i);

@@ -76,11 +76,12 @@ public sealed class HfTokenizer
     public int VocabSize => _idToToken.Length;
 
     /// <summary>Text to token ids.</summary>
-    /// <param name="text">The text.</param>
+    /// <param name="text">The text; a lone surrogate is encoded as U+FFFD, as a Rust string (Hugging Face tokenizers) holds it.</param>
     /// <param name="addSpecialTokens">Add what the model's post-processor adds (e.g. BOS), as transformers does by default.</param>
     public int[] Encode(string text, bool addSpecialTokens = true)
     {
         ArgumentNullException.ThrowIfNull(text);
+        text = ScalarText.ReplaceLoneSurrogates(text);
         var ids = new List<int>();
         if (addSpecialTokens) ids.AddRange(_prefix);
         var atStart = true;
@@ -102,6 +103,7 @@ public sealed class HfTokenizer
     public IReadOnlyList<TokenSpan> EncodeWithOffsets(string text, bool addSpecialTokens = true)
     {
         ArgumentNullException.ThrowIfNull(text);
+        text = ScalarText.ReplaceLoneSurrogates(text);
         var spans = new List<TokenSpan>();
         if (addSpecialTokens) spans.AddRange(_prefix.Select(id => new TokenSpan(id, 0, 0)));
         var pos = 0;

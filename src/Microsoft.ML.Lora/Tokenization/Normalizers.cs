@@ -10,7 +10,31 @@ internal abstract class TextNormalizer
 
 internal sealed class UnicodeNormalizer(NormalizationForm form) : TextNormalizer
 {
-    public override string Normalize(string text) => text.IsNormalized(form) ? text : text.Normalize(form);
+    // .NET refuses U+FFFE ("invalid Unicode code points"); Rust's normalizers keep it, as every form does (a
+    // noncharacter: no decomposition, combining class 0, so nothing composes across it): normalize around it.
+    public override string Normalize(string text) =>
+        text.Contains('\uFFFE') ? string.Join('\uFFFE', text.Split('\uFFFE').Select(Normalize))
+        : text.IsNormalized(form) ? text : text.Normalize(form);
+}
+
+/// <summary>
+/// Text as Hugging Face tokenizers receive it: a Rust string holds Unicode scalar values only, so a lone UTF-16
+/// surrogate (which a .NET string may hold) becomes U+FFFD, as UTF-8 encoding replaces it. One char for one, so
+/// offsets into the text stay valid.
+/// </summary>
+internal static class ScalarText
+{
+    public static string ReplaceLoneSurrogates(string text)
+    {
+        if (text.AsSpan().IndexOfAnyInRange('\uD800', '\uDFFF') < 0) return text;
+        var chars = text.ToCharArray();
+        for (int i = 0; i < chars.Length; i++)
+        {
+            if (char.IsHighSurrogate(chars[i]) && i + 1 < chars.Length && char.IsLowSurrogate(chars[i + 1])) i++;
+            else if (char.IsSurrogate(chars[i])) chars[i] = '\uFFFD';
+        }
+        return new string(chars);
+    }
 }
 
 /// <summary>HF <c>Prepend</c>: adds the prefix to a non-empty text.</summary>

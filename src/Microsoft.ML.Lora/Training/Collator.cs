@@ -23,9 +23,10 @@ internal sealed record Batch(Tensor InputIds, Tensor AttentionMask, Tensor Label
 
 /// <summary>
 /// Builds causal-LM examples from (prompt, completion): ids = prompt + completion (+ EOS), labels = -100 on the prompt,
-/// right-padded to the longest example of the batch (pad label -100, attention mask 0).
+/// right-padded to the longest example of the batch (pad label -100, attention mask 0). The model's vocabulary size
+/// <c>vocabSize</c> (0: not checked) bounds the ids: an example with one outside it is refused naming the example.
 /// </summary>
-internal sealed class Collator(int padId, int? eosId, bool appendEos, bool trainOnPrompt, int maxLength, OverlengthPolicy overlength)
+internal sealed class Collator(int padId, int? eosId, bool appendEos, bool trainOnPrompt, int maxLength, OverlengthPolicy overlength, int vocabSize = 0)
 {
     public int Truncated { get; private set; }
 
@@ -34,12 +35,14 @@ internal sealed class Collator(int padId, int? eosId, bool appendEos, bool train
     {
         int maxLen = o.MaxSequenceLength > 0 ? o.MaxSequenceLength : cfg.MaxPositionEmbeddings;
         if (cfg.MaxPositionEmbeddings > 0) maxLen = Math.Min(maxLen, cfg.MaxPositionEmbeddings);
-        return new Collator(cfg.PadTokenId ?? cfg.EosTokenId ?? 0, cfg.EosTokenId, o.AppendEos, o.TrainOnPrompt, maxLen, o.Overlength);
+        return new Collator(cfg.PadTokenId ?? cfg.EosTokenId ?? 0, cfg.EosTokenId, o.AppendEos, o.TrainOnPrompt, maxLen, o.Overlength, cfg.VocabSize);
     }
 
     public (int[] Ids, long[] Labels) Encode(TrainingExample e, int index)
     {
         if (e.Prompt.Count + e.Completion.Count == 0) throw new ArgumentException($"Training example {index} is empty.");
+        CheckIds(e.Prompt, index, "prompt");
+        CheckIds(e.Completion, index, "completion");
         var ids = new List<int>(e.Prompt.Count + e.Completion.Count + 1);
         ids.AddRange(e.Prompt);
         ids.AddRange(e.Completion);
@@ -55,6 +58,15 @@ internal sealed class Collator(int padId, int? eosId, bool appendEos, bool train
             return (ids.Take(maxLength).ToArray(), labels.Take(maxLength).ToArray());
         }
         return (ids.ToArray(), labels);
+    }
+
+    private void CheckIds(IReadOnlyList<int> ids, int index, string part)
+    {
+        if (vocabSize <= 0) return;
+        for (int i = 0; i < ids.Count; i++)
+            if ((uint)ids[i] >= (uint)vocabSize)
+                throw new ArgumentOutOfRangeException(null,
+                    $"Training example {index} has token id {ids[i]} at position {i} of its {part}, outside the model's vocabulary (0 to {vocabSize - 1}, vocab_size in config.json); encode with the model's own tokenizer.");
     }
 
     /// <summary>Pads <paramref name="examples"/> into one batch, built directly on <paramref name="device"/> (default: the CPU).</summary>

@@ -77,7 +77,7 @@ internal sealed class TorchSharpTextGeneratorFactory : ITextGeneratorFactory
         {
             var e = examples[i];
             var prompt = Row(i, false, validation, () => e.PromptIds is { } p ? PromptIds(tokenizer, p, config) : PromptIds(tokenizer, e.Prompt, config));
-            var completion = Row(i, true, validation, () => e.CompletionIds is { } c ? CheckIds(c, config) : tokenizer.Encode(e.Completion, addSpecialTokens: false));
+            var completion = Row(i, true, validation, () => CheckIds(e.CompletionIds ?? tokenizer.Encode(e.Completion, addSpecialTokens: false), config));
             list.Add(new TrainingExample(prompt, config.EosTokenId is null && eos is not null ? [.. completion, eos.Value] : completion));
         }
         return list;
@@ -117,12 +117,12 @@ internal sealed class TorchSharpTextGeneratorFactory : ITextGeneratorFactory
         return [start];
     }
 
-    /// <summary>Throws when a token id (from a token column) is outside the model's vocabulary.</summary>
+    /// <summary>Throws when a token id (from a token column, or a tokenizer larger than the model) is outside the model's vocabulary.</summary>
     internal static int[] CheckIds(int[] ids, ModelConfig config)
     {
         foreach (int id in ids)
             if (id < 0 || id >= config.VocabSize)
-                throw new ArgumentOutOfRangeException(null, $"Token id {id} is outside the vocabulary of the base model (0 to {config.VocabSize - 1}); tokenize with the base model's tokenizer.");
+                throw new ArgumentOutOfRangeException(null, $"Token id {id} is outside the vocabulary of the base model (0 to {config.VocabSize - 1}, vocab_size in its config.json): ids must come from the base model's tokenizer, and that tokenizer must not be larger than the model.");
         return ids;
     }
 
