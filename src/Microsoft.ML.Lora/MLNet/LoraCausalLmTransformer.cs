@@ -8,7 +8,7 @@ namespace Microsoft.ML.Lora;
 /// A base causal language model with a fine-tuned LoRA adapter. <see cref="Transform"/> adds a text column with the
 /// completion generated for each row's prompt (text, or token ids when trained with a prompt token column), lazily and in batches. Saved with <c>mlContext.Model.Save</c> as the
 /// PEFT adapter, the generation options and a reference to the base model folder, never the base weights.
-/// Dispose it to free the model once no PredictionEngine or cursor made from it is in use.
+/// It owns the model (the weights): Dispose frees them, once no Transform cursor is open (docs/mlnet.md, "Disposal").
 /// </summary>
 public sealed class LoraCausalLmTransformer : ITransformer, IDisposable
 {
@@ -101,8 +101,10 @@ public sealed class LoraCausalLmTransformer : ITransformer, IDisposable
     void ICanSaveModel.Save(ModelSaveContext ctx) => LoraCausalLmModelFormat.Save(ctx, this);
 
     /// <summary>
-    /// Drops this transformer's reference to the model; the model is freed once PredictionEngines and cursors made from
-    /// this transformer are disposed too.
+    /// Frees the model (weights, tokenizer) as soon as no Transform cursor is reading it; a second call does nothing.
+    /// ML.NET calls it too: a TransformerChain's Dispose, and a PredictionEngine's Dispose unless the engine was created
+    /// with <c>new PredictionEngineOptions { OwnsTransformer = false }</c>. Afterwards PredictionEngines, new cursors,
+    /// Save, Evaluate and ResetSampling throw <see cref="ObjectDisposedException"/>; a Predict already running finishes first.
     /// </summary>
     public void Dispose() => _generator.Release();
 }

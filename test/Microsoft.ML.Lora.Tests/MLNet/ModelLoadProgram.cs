@@ -17,6 +17,8 @@ public static class ModelLoadProgram
             return Docs.DocSnippetProgram.Run(args[1]);
         if (args.Length > 0 && args[0] == Reliability.ModelSaveProgram.Command)
             return Reliability.ModelSaveProgram.Run(args[1..]);
+        if (args.Length == 3 && args[0] == ReloadCyclesProgram.Command)
+            return ReloadCyclesProgram.Run(args[1..]);
         if (args.Length != 3 || args[0] != "load-model")
             return 2;
         var ml = new MLContext(seed: 5);

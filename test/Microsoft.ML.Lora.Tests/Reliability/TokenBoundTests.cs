@@ -103,7 +103,7 @@ public sealed class TokenBoundTests : IDisposable
     }
 
     [Fact]
-    public void A_tokenizer_larger_than_the_model_is_refused_naming_the_row()
+    public void A_tokenizer_larger_than_the_model_is_refused_before_any_row_naming_both_files()
     {
         var ml = new MLContext(seed: 1);
         string folder = TinyBaseModel.Create(_temp.File("tiny"), "bloom", hiddenSize: 32, layers: 1, heads: 4, seed: 3);
@@ -113,7 +113,8 @@ public sealed class TokenBoundTests : IDisposable
         var fit = () => ml.Lora().CausalLm(new LoraCausalLmOptions { BaseModelFolder = folder, Seed = 1, Training = { MaxSteps = 1 } })
             .Fit(ml.Data.LoadFromEnumerable(rows));
 
-        NoNativeTrace(fit.Should().Throw<DataRowException>()
-            .WithMessage("Row 1 (counting from 0), column 'Prompt': Token id 31373 is outside the vocabulary of the base model (0 to 256*").Which);
+        // Refused when the tokenizer is opened, before the weights and the rows (TokenizerVocabularyCheck).
+        NoNativeTrace(fit.Should().Throw<InvalidDataException>()
+            .WithMessage($"The tokenizer in '{Path.Combine(folder, "tokenizer.json")}' has 50257 token ids*'{Path.Combine(folder, "config.json")}' has vocab_size 257*").Which);
     }
 }

@@ -18,7 +18,13 @@ internal interface IBackendTokenizer
 /// <summary>Opens the tokenizer of a base model folder with <see cref="HfTokenizer"/> (tokenizer.json, or vocab.json + merges.txt).</summary>
 internal static class BackendTokenizer
 {
-    public static IBackendTokenizer Load(string folder) => new HfBackendTokenizer(HfTokenizer.Load(folder));
+    /// <summary>The tokenizer of <paramref name="folder"/>, refused when it has more ids than the model's vocab_size (<see cref="TokenizerVocabularyCheck"/>).</summary>
+    public static IBackendTokenizer Load(string folder)
+    {
+        var tokenizer = HfTokenizer.Load(folder);
+        TokenizerVocabularyCheck.Check(folder, tokenizer);
+        return new HfBackendTokenizer(tokenizer);
+    }
 
     private sealed class HfBackendTokenizer(HfTokenizer tokenizer) : IBackendTokenizer
     {

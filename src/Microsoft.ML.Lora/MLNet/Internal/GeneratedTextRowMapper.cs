@@ -4,7 +4,7 @@ namespace Microsoft.ML.Lora.MLNet;
 
 /// <summary>
 /// Row-to-row form of the transformer, used by PredictionEngine: generates the completion of one row's prompt when
-/// the output column is read, once per row position. Each row holds its own reference to the shared generator.
+/// the output column is read, once per row position. Its rows borrow the shared generator without counting (ML.NET never disposes an engine's rows; see <see cref="SharedTextGenerator"/>).
 /// </summary>
 internal sealed class GeneratedTextRowMapper : IRowToRowMapper
 {
@@ -32,7 +32,7 @@ internal sealed class GeneratedTextRowMapper : IRowToRowMapper
     {
         var active = activeColumns.Select(c => c.Index).ToHashSet();
         bool outputActive = active.Contains(OutputSchema.Count - 1);
-        return new Row(this, input, active, outputActive ? _generator.Acquire() : null);
+        return new Row(this, input, active, outputActive ? _generator.Borrow() : null);
     }
 
     private sealed class Row : DataViewRow

@@ -1,9 +1,21 @@
 namespace Microsoft.ML.Lora.MLNet;
 
 /// <summary>
-/// Reference-counted owner of an <see cref="ITextGenerator"/>: the transformer holds one reference and every row that
-/// generates (a PredictionEngine's, a cursor's) holds its own, so disposing one of them never frees weights that another
-/// still uses. The generator is disposed when the last reference goes. Calls to it are serialized.
+/// The owner of an <see cref="ITextGenerator"/> (the weights), with ML.NET's ownership rule:
+/// <list type="bullet">
+/// <item>The transformer owns it. <see cref="Release"/> (the transformer's Dispose, called by the user, by a
+/// TransformerChain, or by a PredictionEngine made with ML.NET's default <c>OwnsTransformer = true</c>) ends the
+/// ownership once; a second call does nothing.</item>
+/// <item>A Transform cursor that reads the generated column holds a counted reference (<see cref="Acquire"/>) until it
+/// is disposed (ML.NET always disposes its cursors), so a batch being read is never freed under it.</item>
+/// <item>A PredictionEngine's row holds an uncounted one (<see cref="Borrow"/>): ML.NET does not dispose the rows of an
+/// engine, so a count would never come back and the weights would stay after every Dispose. After the transformer is
+/// disposed its engines throw <see cref="ObjectDisposedException"/>.</item>
+/// </list>
+/// The generator is disposed when the transformer was disposed and no cursor is open. The adapter files are kept in
+/// memory at <see cref="Release"/>, so a model can still be saved after a PredictionEngine disposed it (the usual
+/// "predict, then save" order of ML.NET code). Calls are serialized under one
+/// lock, and the generator is disposed under it too, so a running Predict or batch always finishes first.
 /// </summary>
 internal sealed class SharedTextGenerator
 {
@@ -11,6 +23,8 @@ internal sealed class SharedTextGenerator
     private readonly Func<LoraGenerationOptions> _generation;
     private readonly object _lock = new();
     private int _references = 1;
+    private bool _ownerReleased;
+    private Dictionary<string, byte[]>? _adapter; // the adapter files, kept at Release for a later Save
 
     /// <param name="generator">The model.</param>
     /// <param name="generation">The transformer's current generation settings, read at each call.</param>
@@ -23,35 +37,47 @@ internal sealed class SharedTextGenerator
     /// <summary>True once the generator was disposed.</summary>
     public bool IsReleased { get { lock (_lock) return _references == 0; } }
 
+    /// <summary>Counted references: the transformer's (until disposed) and one per open cursor that generates.</summary>
+    internal int References { get { lock (_lock) return _references; } }
+
+    /// <summary>A counted reference for a cursor, released by disposing it; refused once the transformer was disposed.</summary>
     public Lease Acquire()
     {
         lock (_lock)
         {
-            if (_references == 0) throw new ObjectDisposedException(nameof(LoraCausalLmTransformer));
+            ThrowIfOwnerReleased();
             _references++;
         }
-        return new Lease(this);
+        return new Lease(this, counted: true);
     }
 
-    /// <summary>Drops the creator's reference.</summary>
+    /// <summary>An uncounted reference for a PredictionEngine's row: it works until the transformer is disposed.</summary>
+    public Lease Borrow()
+    {
+        lock (_lock) ThrowIfOwnerReleased();
+        return new Lease(this, counted: false);
+    }
+
+    /// <summary>Ends the transformer's ownership (once); frees the generator unless a cursor still reads.</summary>
     public void Release()
     {
-        bool dispose;
         lock (_lock)
         {
-            if (_references == 0) return;
-            dispose = --_references == 0;
+            if (_ownerReleased) return;
+            _adapter = KeepAdapter();
+            _ownerReleased = true;
+            DropReference();
         }
-        if (dispose) _generator.Dispose();
     }
 
     /// <summary>Completions of prompts given as text or, when every prompt has ids, as token ids.</summary>
-    public IReadOnlyList<string> Generate(IReadOnlyList<PromptInput> prompts)
+    private IReadOnlyList<string> Generate(IReadOnlyList<PromptInput> prompts, bool counted)
     {
         bool ids = prompts.Count > 0 && prompts.All(p => p.Ids != null);
         lock (_lock)
         {
-            if (_references == 0) throw new ObjectDisposedException(nameof(LoraCausalLmTransformer));
+            if (counted) ObjectDisposedException.ThrowIf(_references == 0, typeof(LoraCausalLmTransformer));
+            else ThrowIfOwnerReleased();
             var generation = _generation().Clone();
             generation.Validate();
             var result = ids
@@ -67,7 +93,7 @@ internal sealed class SharedTextGenerator
     {
         lock (_lock)
         {
-            if (_references == 0) throw new ObjectDisposedException(nameof(LoraCausalLmTransformer));
+            ThrowIfOwnerReleased();
             return _generator.CompletionLoss(examples);
         }
     }
@@ -76,7 +102,7 @@ internal sealed class SharedTextGenerator
     {
         lock (_lock)
         {
-            if (_references == 0) throw new ObjectDisposedException(nameof(LoraCausalLmTransformer));
+            ThrowIfOwnerReleased();
             _generator.ResetSampling(seed);
         }
     }
@@ -85,21 +111,65 @@ internal sealed class SharedTextGenerator
     {
         lock (_lock)
         {
-            if (_references == 0) throw new ObjectDisposedException(nameof(LoraCausalLmTransformer));
+            if (_ownerReleased && _adapter is { } kept)
+            {
+                foreach (var (name, bytes) in kept) File.WriteAllBytes(Path.Combine(folder, name), bytes);
+                return;
+            }
+            ThrowIfOwnerReleased();
             _generator.SaveAdapter(folder);
         }
     }
 
-    /// <summary>One reference; disposing it releases that reference once.</summary>
+    /// <summary>Under the lock, before the generator goes: its adapter files, or null when they cannot be written (Dispose does not throw).</summary>
+    private Dictionary<string, byte[]>? KeepAdapter()
+    {
+        string? folder = null;
+        try
+        {
+            folder = TempFolder.Create();
+            _generator.SaveAdapter(folder);
+            return Directory.GetFiles(folder).ToDictionary(f => Path.GetFileName(f), File.ReadAllBytes, StringComparer.Ordinal);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException) { return null; }
+        finally { if (folder is not null) TempFolder.Delete(folder); }
+    }
+
+    /// <summary>Under the lock: throws once the transformer was disposed.</summary>
+    private void ThrowIfOwnerReleased()
+    {
+        if (_ownerReleased)
+            throw new ObjectDisposedException(nameof(LoraCausalLmTransformer),
+                "The LoraCausalLmTransformer was disposed (by its Dispose, its TransformerChain's, or a PredictionEngine made from it: " +
+                "ML.NET's PredictionEngine disposes its transformer unless created with new PredictionEngineOptions { OwnsTransformer = false }).");
+    }
+
+    /// <summary>Under the lock: drops one counted reference; the last one disposes the generator.</summary>
+    private void DropReference()
+    {
+        if (--_references == 0) _generator.Dispose();
+    }
+
+    /// <summary>One reference; disposing it releases a counted one once.</summary>
     public sealed class Lease : IDisposable
     {
         private SharedTextGenerator? _owner;
+        private readonly bool _counted;
 
-        public Lease(SharedTextGenerator owner) => _owner = owner;
+        public Lease(SharedTextGenerator owner, bool counted)
+        {
+            _owner = owner;
+            _counted = counted;
+        }
 
         public IReadOnlyList<string> Generate(IReadOnlyList<PromptInput> prompts) =>
-            (_owner ?? throw new ObjectDisposedException(nameof(Lease))).Generate(prompts);
+            (_owner ?? throw new ObjectDisposedException(nameof(Lease))).Generate(prompts, _counted);
 
-        public void Dispose() => Interlocked.Exchange(ref _owner, null)?.Release();
+        public void Dispose()
+        {
+            var owner = Interlocked.Exchange(ref _owner, null);
+            if (owner is null || !_counted) return;
+            lock (owner._lock) owner.DropReference();
+        }
     }
 }
