@@ -16,6 +16,7 @@ internal sealed class TorchSharpTextGeneratorFactory : ITextGeneratorFactory
     {
         var log = control.Log;
         var tokenizer = BackendTokenizer.Load(options.BaseModelFolder);
+        CpuThreads.Apply(options.NumberOfThreads, options.Device);
         var model = ModelLoader.Load(options.BaseModelFolder, LoadOptions(options));
         try
         {
@@ -50,6 +51,7 @@ internal sealed class TorchSharpTextGeneratorFactory : ITextGeneratorFactory
     public ITextGenerator Load(LoraCausalLmOptions options, string adapterFolder)
     {
         var tokenizer = BackendTokenizer.Load(options.BaseModelFolder);
+        CpuThreads.Apply(options.NumberOfThreads, options.Device);
         var model = ModelLoader.Load(options.BaseModelFolder, LoadOptions(options));
         try
         {
