@@ -16,8 +16,8 @@ internal sealed class TorchSharpTextGeneratorFactory : ITextGeneratorFactory
     {
         var log = control.Log;
         var tokenizer = BackendTokenizer.Load(options.BaseModelFolder);
-        CpuThreads.Apply(options.NumberOfThreads, options.Device);
         var model = ModelLoader.Load(options.BaseModelFolder, LoadOptions(options));
+        CpuThreads.Apply(options.NumberOfThreads, options.Device); // after the load, whose native-runtime check explains a missing libtorch
         try
         {
             PeftModel lora;
@@ -51,8 +51,8 @@ internal sealed class TorchSharpTextGeneratorFactory : ITextGeneratorFactory
     public ITextGenerator Load(LoraCausalLmOptions options, string adapterFolder)
     {
         var tokenizer = BackendTokenizer.Load(options.BaseModelFolder);
-        CpuThreads.Apply(options.NumberOfThreads, options.Device);
         var model = ModelLoader.Load(options.BaseModelFolder, LoadOptions(options));
+        CpuThreads.Apply(options.NumberOfThreads, options.Device); // after the load, whose native-runtime check explains a missing libtorch
         try
         {
             var lora = PeftModel.FromPretrained(model, adapterFolder); // for generation: loaded in inference mode, as any method allows
