@@ -13,6 +13,26 @@ internal static class PeakMemory
     {
         const string status = "/proc/self/status";
         var line = File.Exists(status) ? File.ReadLines(status).FirstOrDefault(l => l.StartsWith(key)) : null;
-        return line is null ? double.NaN : long.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1]) / 1024.0;
+        return line is null ? double.NaN : long.Parse(line.Split([' ', '\t'], StringSplitOptions.RemoveEmptyEntries)[1]) / 1024.0; // "VmHWM:\t13800000 kB": a tab, and no space once the value has 8 digits
+    }
+
+    /// <summary>Resets the peak (VmHWM) to the current RSS (Linux's clear_refs 5), so a phase's own peak can be read; no-op elsewhere.</summary>
+    public static void ResetPeak()
+    {
+        const string clearRefs = "/proc/self/clear_refs";
+        if (File.Exists(clearRefs)) File.WriteAllText(clearRefs, "5");
+    }
+
+    /// <summary>
+    /// Starts measuring a phase: collects managed garbage, returns freed native memory to the system, resets the peak
+    /// and returns the RSS now (GiB), the baseline the phase's peak is read against.
+    /// </summary>
+    public static double StartPhase()
+    {
+        GC.Collect();
+        GC.WaitForPendingFinalizers();
+        Native.NativeHeap.Trim();
+        ResetPeak();
+        return RssMiB() / 1024;
     }
 }

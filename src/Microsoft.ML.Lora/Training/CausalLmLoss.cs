@@ -62,7 +62,13 @@ internal static class CausalLmLoss
         {
             long n = Math.Min(step, count - start);
             var y = targets.narrow(0, start, n);
-            Tensor ChunkLoss(Tensor x) => nn.functional.cross_entropy(head(x), y, reduction: nn.Reduction.Sum);
+            Tensor ChunkLoss(Tensor x)
+            {
+                // The chunk's logits are freed here, not at the end of the caller's scope: else every chunk's would be
+                // alive at once, as many bytes as the full logits (autograd keeps what backward needs on its own).
+                using var chunkScope = NewDisposeScope();
+                return nn.functional.cross_entropy(head(x), y, reduction: nn.Reduction.Sum).MoveToOuterDisposeScope();
+            }
             var chunk = rows.narrow(0, start, n);
             var part = checkpoint ? GradientCheckpoint.Apply(ChunkLoss, chunk, parameters, isLayer: false) : ChunkLoss(chunk);
             sum = sum is null ? part : sum + part;

@@ -63,7 +63,12 @@ internal static class GradientCheckpoint
             ctx.save_data("is_layer", (bool)vars[2]);
             ctx.save_data("parameters", vars.Skip(3).Cast<Tensor>().ToList());
             ctx.save_data("rng", DropoutState.Capture());
-            return body(x); // under no_grad (the autograd function's forward): no activations kept
+            // Under no_grad (the autograd function's forward), and in a dispose scope of its own: otherwise the
+            // layer's intermediate tensors would stay alive until the caller's scope ends (after backward), and
+            // checkpointing would keep every layer's activations after all (a GPT-2-small step at 4 x 512 peaked
+            // higher with it than without: 5.13 GiB against 4.58).
+            using var scope = NewDisposeScope();
+            return body(x).MoveToOuterDisposeScope();
         }
 
         public override List<Tensor> backward(autograd.AutogradContext ctx, Tensor grad)
