@@ -1,10 +1,11 @@
-// QuoteTagger: LoRA fine-tuning of a causal LM inside an ML.NET pipeline. Reads quotes with their tags, trains an
+// QuoteTagger: PEFT fine-tuning (LoRA by default) of a causal LM inside an ML.NET pipeline. Reads quotes with their tags, trains an
 // adapter to complete "quote ->: " with "tag1, tag2, tag3" (progress bar: Spectre.Console), charts the training and
 // validation loss (loss.png: ScottPlot), tags new quotes and saves an adapter-only model.
 // The pipeline: ConcatenateText (prompt) -> Tokenize (prompt, completion) -> Lora().CausalLm on the token id columns.
 //
 //   dotnet run -c Release --project src/Samples/QuoteTagger [-- --base-model <folder>] [--out <folder>]
 //       [--dtype float32|bfloat16|float16] [--compute-dtype float32]
+//       [--method lora|ia3|prompt-tuning|prefix-tuning|p-tuning]
 //
 // Without --base-model a tiny BLOOM with random weights and a byte-level tokenizer is created in a cache folder: it
 // runs in about half a minute on two CPU cores, but an untrained base of that size only produces toy tags.
@@ -21,6 +22,7 @@ string? baseModel = null;
 string outputDirectory = Directory.GetCurrentDirectory();
 string dtype = "float32";
 string? computeDType = null;
+string method = "lora";
 for (int i = 0; i < args.Length; i++)
 {
     switch (args[i])
@@ -29,8 +31,10 @@ for (int i = 0; i < args.Length; i++)
         case "--out" when i + 1 < args.Length: outputDirectory = args[++i]; break;
         case "--dtype" when i + 1 < args.Length: dtype = args[++i]; break;
         case "--compute-dtype" when i + 1 < args.Length: computeDType = args[++i]; break;
+        case "--method" when i + 1 < args.Length && Methods.Names.Contains(args[i + 1]): method = args[++i]; break;
         default:
-            Console.Error.WriteLine("usage: QuoteTagger [--base-model <Hugging Face model folder>] [--out <folder>] [--dtype float32|bfloat16|float16] [--compute-dtype float32]");
+            Console.Error.WriteLine("usage: QuoteTagger [--base-model <Hugging Face model folder>] [--out <folder>] [--dtype float32|bfloat16|float16] [--compute-dtype float32]" +
+                $" [--method {string.Join("|", Methods.Names)}]");
             return 2;
     }
 }
@@ -76,6 +80,8 @@ ml.Log += (_, e) =>
         AnsiConsole.WriteLine(e.RawMessage);
 };
 
+// The PEFT method: LoRA (shaped by Lora below) or another method's config, with its learning rate.
+var (peftMethod, learningRate) = Methods.Of(method, tiny);
 var options = new LoraCausalLmOptions
 {
     BaseModelFolder = baseModel,
@@ -85,13 +91,14 @@ var options = new LoraCausalLmOptions
     DType = dtype,                                // base weights; bfloat16 halves their memory
     ComputeDType = computeDType,                  // "float32" over bfloat16: float32 results on bfloat16 weights
     Seed = 0,
-    Lora = tiny
-        ? new LoraAdapterOptions { Rank = 16, Alpha = 32, Dropout = 0f, TargetModules = ["all-linear"] }
+    Method = peftMethod,                          // null: LoRA with the Lora options
+    Lora = peftMethod is not null ? new LoraAdapterOptions()
+        : tiny ? new LoraAdapterOptions { Rank = 16, Alpha = 32, Dropout = 0f, TargetModules = ["all-linear"] }
         : new LoraAdapterOptions { Rank = 16, Alpha = 32, Dropout = 0.05f },
     // LoggingSteps: a progress report (and a validation) every 4 steps, once per epoch of the tiny run.
     Training = tiny
-        ? new LoraTrainingOptions { Epochs = 40, BatchSize = 8, LearningRate = 5e-3f, LoggingSteps = 4, WarmupRatio = 0.05 }
-        : new LoraTrainingOptions { Epochs = 3, BatchSize = 4, LearningRate = 3e-4f, LoggingSteps = 2 },
+        ? new LoraTrainingOptions { Epochs = 40, BatchSize = 8, LearningRate = learningRate, LoggingSteps = 4, WarmupRatio = 0.05 }
+        : new LoraTrainingOptions { Epochs = 3, BatchSize = 4, LearningRate = learningRate, LoggingSteps = 2 },
     Generation = { MaxNewTokens = 24, BatchSize = 8 },
     Progress = view,
 };
@@ -105,13 +112,14 @@ var prompts = ml.Transforms.Text.ConcatenateText("Prompt", ["Quote"], suffix: " 
     .Fit(data);
 var trainer = ml.Lora().CausalLm(options);
 
-Console.WriteLine($"fine-tuning: {options.Training.Epochs} epochs, batch {options.Training.BatchSize}, lr {options.Training.LearningRate}, r {options.Lora.Rank}");
+Console.WriteLine($"fine-tuning ({method}): {options.Training.Epochs} epochs, batch {options.Training.BatchSize}, lr {options.Training.LearningRate}" +
+    (peftMethod is null ? $", r {options.Lora.Rank}" : ""));
 var lora = view.Run(() => trainer.Fit(prompts.Transform(data), prompts.Transform(split.TestSet)));
 var model = prompts.Append(lora);
 AnsiConsole.Write(view.Summary());
 
 string chart = Path.Combine(outputDirectory, "loss.png");
-LossChart.WritePng(chart, view.TrainingLoss, view.ValidationLoss, "quote tagger LoRA: training and validation loss");
+LossChart.WritePng(chart, view.TrainingLoss, view.ValidationLoss, $"quote tagger {method}: training and validation loss");
 Console.WriteLine($"wrote {chart}");
 
 // Tag new quotes: a prediction reads only the quote (Tags stays empty; its token ids feed only the training).
@@ -144,7 +152,7 @@ using (var engine = ml2.Model.CreatePredictionEngine<QuoteData, TagPrediction>(l
 }
 (loaded as IDisposable)?.Dispose();
 model.Dispose();
-Console.WriteLine(FormattableString.Invariant($"done in {clock.Elapsed.TotalSeconds:F0} s"));
+Console.WriteLine(FormattableString.Invariant($"{method}: final training loss {view.TrainingLoss[^1].loss:F4}, done in {clock.Elapsed.TotalSeconds:F0} s"));
 return 0;
 
 /// <summary>A line of quotes.jsonl.</summary>
