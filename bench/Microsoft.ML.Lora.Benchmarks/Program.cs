@@ -20,7 +20,7 @@ if (selected.Count == 0)
     Console.Error.WriteLine($"unknown benchmark '{args[0]}'; known: {string.Join(", ", benchmarks.Select(b => b.Name))}");
     return 2;
 }
-TorchSharp.torch.set_num_threads(Environment.ProcessorCount);
+if (args[0] != "threads") TorchSharp.torch.set_num_threads(Environment.ProcessorCount); // "threads" measures the settings itself
 foreach (var b in selected)
 {
     Console.WriteLine($"== {b.Name}: {b.Description}");

@@ -89,6 +89,16 @@ public sealed class LoraCausalLmOptions
     public string DType { get; set; } = "float32";
 
     /// <summary>
+    /// CPU threads of libtorch's intra-op parallelism (<c>torch.set_num_threads</c>) for a model on the CPU, as ML.NET
+    /// trainers' NumberOfThreads. Null (the default) chooses automatically (<c>CpuThreads</c>, see docs/options.md).
+    /// libtorch's setting is process-wide: Fit and Load set it when their model is on the CPU, and it stays for
+    /// every later Transform and Predict of the process (the last Fit or Load wins). Not saved with the model (it is a
+    /// setting of the machine, not of the model).
+    /// </summary>
+    [System.Text.Json.Serialization.JsonIgnore]
+    public int? NumberOfThreads { get; set; }
+
+    /// <summary>
     /// Arithmetic of the base model's matrix multiplications (bitsandbytes' compute_dtype): null or "" for the weights'
     /// own type, as transformers computes, or "float32" over "bfloat16" weights: float32 results (generation and
     /// training equal to a float32 model with the same weights) on half the memory, at two to three times the time of
@@ -173,6 +183,7 @@ public sealed class LoraCausalLmOptions
         Device = Device,
         DType = DType,
         ComputeDType = ComputeDType,
+        NumberOfThreads = NumberOfThreads,
         Quantization = Quantization,
         Lora = Lora.Clone(),
         Method = Method,

@@ -140,6 +140,7 @@ public sealed class LoraCausalLmTrainer : IEstimator<LoraCausalLmTransformer>
         Require(options.Method is null || options.Lora is null || options.Lora.IsDefault, nameof(options.Method),
             $"is {options.Method?.PeftType}: leave Lora at its defaults (set the method's settings in its config; a LoraConfig for LoRA settings)");
         if (options.Method is not null) options.ToPeftConfig().Validate(); // as it will be used (a TEXT init gets the base tokenizer)
+        Require(options.NumberOfThreads is null or > 0, nameof(options.NumberOfThreads), $"must be null (automatic) or positive, got {options.NumberOfThreads}");
         Require(options.Lora is { Rank: > 0 }, "Lora.Rank", "must be positive");
         Require(options.Lora is { Alpha: > 0 } && float.IsFinite(options.Lora.Alpha), "Lora.Alpha", $"must be a positive finite number, got {options.Lora?.Alpha}");
         Require(options.Lora is { Dropout: >= 0 and < 1 }, "Lora.Dropout", $"must be in [0, 1), got {options.Lora?.Dropout}");

@@ -17,6 +17,7 @@ internal sealed class TorchSharpTextGeneratorFactory : ITextGeneratorFactory
         var log = control.Log;
         var tokenizer = BackendTokenizer.Load(options.BaseModelFolder);
         var model = ModelLoader.Load(options.BaseModelFolder, LoadOptions(options));
+        CpuThreads.Apply(options.NumberOfThreads, options.Device); // after the load, whose native-runtime check explains a missing libtorch
         try
         {
             PeftModel lora;
@@ -51,6 +52,7 @@ internal sealed class TorchSharpTextGeneratorFactory : ITextGeneratorFactory
     {
         var tokenizer = BackendTokenizer.Load(options.BaseModelFolder);
         var model = ModelLoader.Load(options.BaseModelFolder, LoadOptions(options));
+        CpuThreads.Apply(options.NumberOfThreads, options.Device); // after the load, whose native-runtime check explains a missing libtorch
         try
         {
             var lora = PeftModel.FromPretrained(model, adapterFolder); // for generation: loaded in inference mode, as any method allows
