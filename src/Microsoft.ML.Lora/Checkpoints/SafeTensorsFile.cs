@@ -144,6 +144,21 @@ public sealed class SafeTensorsFile : IDisposable
 
     private readonly Dictionary<ScalarType, Tensor> _mapped = [];
 
+    /// <summary>
+    /// Reads one value in every memory page of <paramref name="mapped"/> (a tensor from <see cref="Map"/>), so its pages
+    /// are resident (and counted in the process's memory) now rather than at first use.
+    /// </summary>
+    internal static void ReadPages(Tensor mapped)
+    {
+        long n = mapped.numel();
+        if (n == 0) return;
+        long perPage = Math.Max(1, Environment.SystemPageSize / mapped.ElementSize);
+        using var _ = no_grad();
+        using var flat = mapped.view(-1);
+        using var touched = flat.slice(0, 0, n, perPage);
+        using var sum = touched.sum();
+    }
+
     private bool IsAligned(SafeTensorInfo info) => (_dataStart + info.Begin) % info.DType.ElementSize() == 0;
 
     /// <summary>The whole file as a 1-D tensor of <paramref name="dtype"/>, memory-mapped privately (torch.from_file, shared=False).</summary>

@@ -28,6 +28,14 @@ public sealed record ModelLoadOptions
     /// checkpoint saved pre-quantized brings its own, which wins (docs/quantization.md).
     /// </summary>
     public Quantization.BitsAndBytesConfig? QuantizationConfig { get; init; }
+
+    /// <summary>
+    /// Whether weights used straight from the memory-mapped file (stored dtype = <see cref="DType"/>, on the CPU) are read
+    /// into memory before the load returns: true (default), since the first forward pass reads every one of them anyway,
+    /// so the load's time and resident memory are the model's and the first step does not pay for the file. False leaves
+    /// the pages unread until first use, as transformers does (a load that only inspects the model then reads nothing).
+    /// </summary>
+    public bool ReadMappedWeights { get; init; } = true;
 }
 
 /// <summary>A checkpoint that does not fit the model built from its config.json; the message names every tensor at fault.</summary>
@@ -62,7 +70,7 @@ internal static class ModelLoader
             // one tensor at a time); everything else is checked, then created once, by LoadWeights.
             var quantization = Quantization.QuantizedLoading.Effective(checkpoint, config, options.QuantizationConfig);
             var quantized = quantization is null ? null : Quantization.QuantizedLoading.Apply(model, checkpoint, quantization, options.DType, device);
-            LoadWeights(model, checkpoint, options.DType, device, quantized);
+            LoadWeights(model, checkpoint, options.DType, device, quantized, options.ReadMappedWeights);
             model.Float32Arithmetic = options.ComputeDType == ScalarType.Float32 && options.DType != ScalarType.Float32;
             ModelFactory.Freeze(model);
             model.eval();
@@ -113,9 +121,10 @@ internal static class ModelLoader
     /// is converted straight from the mapped bytes. Names in <paramref name="alreadyLoaded"/> (model parameters and
     /// checkpoint tensors that quantization loaded) are skipped.
     /// </summary>
-    internal static void LoadWeights(CausalLm model, CheckpointFolder checkpoint, ScalarType dtype, Device device, IReadOnlySet<string>? alreadyLoaded = null)
+    internal static void LoadWeights(CausalLm model, CheckpointFolder checkpoint, ScalarType dtype, Device device, IReadOnlySet<string>? alreadyLoaded = null,
+        bool readMapped = false)
     {
-        var source = new WeightSource(checkpoint);
+        var source = new WeightSource(checkpoint, readMapped);
         var modules = OwnersOfParameters(model).ToList();
         var missing = new List<string>();
         var mismatched = new List<string>();
@@ -167,7 +176,7 @@ internal static class ModelLoader
 /// The checkpoint as the loader reads it: model parameter names resolved to stored names (checkpoints of the bare
 /// model, such as openai-community/gpt2, lack the "transformer." / "model." prefix), and the names read so far.
 /// </summary>
-internal sealed class WeightSource(CheckpointFolder checkpoint)
+internal sealed class WeightSource(CheckpointFolder checkpoint, bool readMapped = false)
 {
     private readonly HashSet<string> _used = new(StringComparer.Ordinal);
 
@@ -193,14 +202,16 @@ internal sealed class WeightSource(CheckpointFolder checkpoint)
 
     /// <summary>
     /// Model parameter <paramref name="name"/> in <paramref name="dtype"/> on <paramref name="device"/>: the
-    /// memory-mapped bytes themselves when they are already that (CPU, same dtype), else a converted copy.
+    /// memory-mapped bytes themselves when they are already that (CPU, same dtype; their pages read at once when the
+    /// source was made to read mapped weights), else a converted copy.
     /// </summary>
     public Tensor Read(string name, ScalarType dtype, Device device)
     {
         string stored = Resolve(name) ?? throw new KeyNotFoundException($"Tensor '{name}' is not in the checkpoint in '{checkpoint.Folder}'.");
         var info = checkpoint.Info(stored);
-        return info.DType.ToScalarType() == dtype && device.type == DeviceType.CPU
-            ? checkpoint.Map(stored)
-            : checkpoint.Load(stored, dtype, device);
+        if (info.DType.ToScalarType() != dtype || device.type != DeviceType.CPU) return checkpoint.Load(stored, dtype, device);
+        var mapped = checkpoint.Map(stored);
+        if (readMapped) SafeTensorsFile.ReadPages(mapped);
+        return mapped;
     }
 }

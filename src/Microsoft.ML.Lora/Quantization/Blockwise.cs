@@ -13,30 +13,36 @@ internal static class Blockwise
     public const double MinAbsmax = 1e-38;
 
     /// <summary>
+    /// Values the quantization arithmetic (here, <see cref="Int8Weight"/>, <see cref="QuantState4Bit"/>) works through at a
+    /// time: float32 temporaries of 4 MiB stay in cache and never become a float copy of a whole matrix.
+    /// </summary>
+    public const long ChunkValues = 1L << 20;
+
+    /// <summary>
     /// Quantizes the flat <paramref name="x"/> [n] (any floating dtype, converted to float32 a chunk at a time) in
     /// blocks of <paramref name="blocksize"/> consecutive values. Returns, for each element, the index of the nearest
     /// value of <paramref name="sortedCode"/> mapped through <paramref name="remap"/> when given (uint8 [n]), and the
-    /// absmax of each block (float32 [ceil(n / blocksize)]).
+    /// absmax of each block (float32 [ceil(n / blocksize)]). Works through at most <paramref name="chunkValues"/> values
+    /// (whole blocks) at a time.
     /// </summary>
     /// <remarks>
     /// Full blocks store their absmax as it is (an all-zero block stores 0) and scale by x * (1 / max(absmax, 1e-38));
     /// the tail block stores max(absmax, 1e-38) and scales by a true division. Both clamp to [-1, 1], so an all-zero
-    /// block quantizes to the code of 0, never NaN. The nearest code is found by bucketize on the float32 midpoints of
-    /// the code book: a value exactly on a midpoint takes the lower code.
+    /// block quantizes to the code of 0, never NaN. The nearest code is bucketize's on the float32 midpoints of the code
+    /// book (<see cref="NearestCode"/>): a value exactly on a midpoint takes the lower code.
     /// </remarks>
-    public static (Tensor Indices, Tensor Absmax) Quantize(Tensor x, Tensor sortedCode, long blocksize, Tensor? remap = null)
+    public static (Tensor Indices, Tensor Absmax) Quantize(Tensor x, Tensor sortedCode, long blocksize, Tensor? remap = null, long chunkValues = ChunkValues)
     {
         using var scope = NewDisposeScope();
         long n = x.shape[0];
         long full = n / blocksize, rem = n % blocksize;
         var absmax = empty(full + (rem > 0 ? 1 : 0), dtype: ScalarType.Float32, device: x.device);
-        long k = sortedCode.shape[0];
-        var midpoints = (sortedCode.narrow(0, 0, k - 1) + sortedCode.narrow(0, 1, k - 1)) / 2.0;
+        using var nearest = new NearestCode(sortedCode);
         var indices = empty(n, dtype: ScalarType.Byte, device: x.device);
         if (full > 0)
         {
-            // Block by block in bounded chunks: the int64 bucketize result of one big matrix would be 8 bytes per value.
-            long chunkBlocks = Math.Max(1, (1L << 22) / blocksize);
+            // Block by block in bounded chunks (float32 temporaries of 4 MiB): never a float or index copy of the matrix.
+            long chunkBlocks = Math.Max(1, chunkValues / blocksize);
             for (long b = 0; b < full; b += chunkBlocks)
             {
                 using var inner = NewDisposeScope();
@@ -44,8 +50,8 @@ internal static class Blockwise
                 var blocks = x.narrow(0, b * blocksize, nb * blocksize).to_type(ScalarType.Float32).view(nb, blocksize);
                 var max = blocks.abs().amax([1]);
                 absmax.narrow(0, b, nb).copy_(max);
-                var scaled = (blocks * max.clamp_min(MinAbsmax).reciprocal().unsqueeze(1)).clamp(-1, 1);
-                indices.narrow(0, b * blocksize, nb * blocksize).copy_(Remap(bucketize(scaled.view(-1), midpoints), remap));
+                var scaled = blocks.mul(max.clamp_min(MinAbsmax).reciprocal_().unsqueeze(1)).clamp_(-1, 1);
+                indices.narrow(0, b * blocksize, nb * blocksize).copy_(Remap(nearest.Indices(scaled.view(-1)), remap));
             }
         }
         if (rem > 0)
@@ -53,7 +59,7 @@ internal static class Blockwise
             var tail = x.narrow(0, full * blocksize, rem).to_type(ScalarType.Float32);
             var max = tail.abs().max().clamp_min(MinAbsmax);
             absmax.narrow(0, full, 1).copy_(max.view(1));
-            indices.narrow(0, full * blocksize, rem).copy_(Remap(bucketize((tail / max).clamp(-1, 1), midpoints), remap));
+            indices.narrow(0, full * blocksize, rem).copy_(Remap(nearest.Indices((tail / max).clamp(-1, 1)), remap));
         }
         return (indices.MoveToOuterDisposeScope(), absmax.MoveToOuterDisposeScope());
     }

@@ -37,8 +37,18 @@ internal sealed class DequantizedLinearFunction : autograd.SingleTensorFunction<
     {
         if (is_grad_enabled() && (x.requires_grad || bias?.requires_grad == true))
             return apply(x, bias!, layer);
-        using var w = layer.DequantizeWeight(layer.ComputeDType);
-        return nn.functional.linear(x, w, bias);
+        return Product(layer, x, bias);
+    }
+
+    /// <summary>The heap's free bytes above which a product gives them back (see <see cref="Native.NativeHeap.TrimWhenFree"/>).</summary>
+    private const long FreeHeapBound = 256L << 20;
+
+    private static Tensor Product(IQuantizedLinear layer, Tensor x, Tensor? bias)
+    {
+        Tensor y;
+        using (var w = layer.DequantizeWeight(layer.ComputeDType)) y = nn.functional.linear(x, w, bias);
+        Native.NativeHeap.TrimWhenFree(FreeHeapBound);
+        return y;
     }
 
     // vars: x, bias (or null), layer.
@@ -47,15 +57,15 @@ internal sealed class DequantizedLinearFunction : autograd.SingleTensorFunction<
         var (x, bias, layer) = ((Tensor)vars[0], vars[1] as Tensor, (IQuantizedLinear)vars[2]);
         ctx.save_data("layer", layer);
         ctx.save_data("bias", bias?.requires_grad == true ? bias.dtype : (ScalarType?)null);
-        using var w = layer.DequantizeWeight(layer.ComputeDType);
-        return nn.functional.linear(x, w, bias);
+        return Product(layer, x, bias);
     }
 
     public override List<Tensor> backward(autograd.AutogradContext ctx, Tensor g)
     {
         var layer = (IQuantizedLinear)ctx.get_data("layer");
-        using var w = layer.DequantizeWeight(layer.ComputeDType);
-        var gx = g.matmul(w);
+        Tensor gx;
+        using (var w = layer.DequantizeWeight(layer.ComputeDType)) gx = g.matmul(w);
+        Native.NativeHeap.TrimWhenFree(FreeHeapBound);
         var gb = ctx.get_data("bias") is ScalarType b ? g.flatten(0, -2).sum([0]).to_type(b) : null;
         return [gx, gb!, null!];
     }

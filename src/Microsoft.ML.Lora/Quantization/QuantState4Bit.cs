@@ -55,9 +55,10 @@ internal sealed class QuantState4Bit : IDisposable
 
     /// <summary>
     /// Quantizes <paramref name="weight"/> (float32, bfloat16 or float16, any shape) as bitsandbytes' quantize_4bit on
-    /// its default (PyTorch) kernel. <paramref name="weight"/> is read, not kept.
+    /// its default (PyTorch) kernel, at most <paramref name="chunkValues"/> values at a time. <paramref name="weight"/> is
+    /// read, not kept.
     /// </summary>
-    public static QuantState4Bit Quantize(Tensor weight, string quantType, bool doubleQuant, long blocksize = DefaultBlocksize)
+    public static QuantState4Bit Quantize(Tensor weight, string quantType, bool doubleQuant, long blocksize = DefaultBlocksize, long chunkValues = Blockwise.ChunkValues)
     {
         if (weight.dtype is not (ScalarType.Float32 or ScalarType.BFloat16 or ScalarType.Float16))
             throw new ArgumentException($"4-bit quantization takes float32, bfloat16 or float16 weights; got {weight.dtype}.");
@@ -67,7 +68,7 @@ internal sealed class QuantState4Bit : IDisposable
         var (sorted, order) = SortStable(code);
         var flat = weight.reshape(-1);
         long n = flat.shape[0];
-        var (nibbles, absmax) = Blockwise.Quantize(flat, sorted, blocksize, order);
+        var (nibbles, absmax) = Blockwise.Quantize(flat, sorted, blocksize, order, chunkValues);
         if (n % 2 == 1)
         {
             // bitsandbytes pads the scaled values with one 0.0 before coding: the pad nibble is the code of 0.
@@ -84,7 +85,7 @@ internal sealed class QuantState4Bit : IDisposable
             var offsetTensor = absmax.mean();
             offset = offsetTensor.item<float>();
             nestedMap = tensor(BnbCodes.DynamicMap, device: device);
-            (absmax, nestedAbsmax) = Blockwise.Quantize(absmax - offsetTensor, nestedMap, NestedBlocksize);
+            (absmax, nestedAbsmax) = Blockwise.Quantize(absmax - offsetTensor, nestedMap, NestedBlocksize, chunkValues: chunkValues);
         }
         var state = new QuantState4Bit(quantType, blocksize, weight.dtype, weight.shape, packed, absmax, code, nestedAbsmax, nestedMap, offset);
         state.MoveToOuterDisposeScope();
@@ -112,18 +113,35 @@ internal sealed class QuantState4Bit : IDisposable
     /// <summary>
     /// The weight, [<see cref="Shape"/>], in <paramref name="dtype"/> (default <see cref="DType"/>), as bitsandbytes'
     /// dequantize_4bit: the code book is cast to the dtype, multiplied by the block's float32 absmax, rounded once.
+    /// Computed in chunks of whole blocks of at most <paramref name="chunkValues"/> values straight into the result, so
+    /// the float32 values (and the int32 indices) never exist for the whole weight.
     /// </summary>
-    public Tensor Dequantize(ScalarType? dtype = null)
+    public Tensor Dequantize(ScalarType? dtype = null, long chunkValues = Blockwise.ChunkValues)
     {
         var d = dtype ?? DType;
+        var result = empty(Shape, dtype: d, device: Packed.device);
+        using var flat = result.view(-1);
         using var scope = NewDisposeScope();
+        using var _ = no_grad();
         var absmax = DequantizeAbsmax();
         // One lookup per byte: row b of the table holds the values of its high and low nibble.
         var b = arange(256, dtype: ScalarType.Int64, device: Packed.device);
         var code = QuantMap.to_type(d).to_type(ScalarType.Float32);
         var table = stack([code.index_select(0, b.div(16, RoundingMode.floor)), code.index_select(0, b.remainder(16))], 1);
-        var values = table.index_select(0, Packed.view(-1).to_type(ScalarType.Int32)).view(-1).narrow(0, 0, Numel);
-        return Blockwise.ScaleBlocks(values, absmax, Blocksize).to_type(d).view(Shape).MoveToOuterDisposeScope();
+        var bytes = Packed.view(-1);
+        long n = Numel;
+        // A chunk is a whole number of blocks and of bytes (two values each), so it starts on both boundaries.
+        long unit = Blocksize % 2 == 0 ? Blocksize : 2 * Blocksize;
+        long chunk = Math.Max(1, chunkValues / unit) * unit;
+        for (long start = 0; start < n; start += chunk)
+        {
+            using var inner = NewDisposeScope();
+            long count = Math.Min(chunk, n - start);
+            var values = table.index_select(0, bytes.narrow(0, start / 2, (count + 1) / 2).to_type(ScalarType.Int32)).view(-1).narrow(0, 0, count);
+            var blocks = absmax.narrow(0, start / Blocksize, (count + Blocksize - 1) / Blocksize);
+            flat.narrow(0, start, count).copy_(Blockwise.ScaleBlocks(values, blocks, Blocksize));
+        }
+        return result;
     }
 
     /// <summary>Moves every tensor to <paramref name="device"/> (dtypes unchanged).</summary>

@@ -66,6 +66,9 @@ internal static class QuantizedLoading
             ((nn.Module)linear).Dispose();
             loaded.Add($"{path}.weight");
             loaded.Add($"{path}.bias");
+            // The float weight and the quantization's temporaries are freed by now; glibc keeps such blocks between the
+            // layers it has kept, and over a 7B model those holes added 1.6 GiB to the load's peak. Give them back.
+            Native.NativeHeap.Trim();
         }
         return loaded;
     }
@@ -123,7 +126,8 @@ internal static class QuantizedLoading
             throw Mismatch(checkpoint, path, $"'{name}' is [{string.Join(", ", shape)}], the model expects [{string.Join(", ", expected)}]");
         var w = read("weight", dtype)!;
         if (!linear.FanInFanOut) return w;
-        using (w) return w.t().contiguous();
+        // The transposed view is disposed too: left to the finalizer, it kept each layer's float weight alive.
+        using (w) using (var transposed = w.t()) return transposed.contiguous();
     }
 
     private static CheckpointMismatchException Mismatch(CheckpointFolder checkpoint, string path, string problem) =>

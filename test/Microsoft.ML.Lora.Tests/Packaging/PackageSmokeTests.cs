@@ -25,7 +25,9 @@ public sealed class PackageSmokeTests : IDisposable
     public async Task Packed_library_fits_saves_and_a_second_process_predicts_from_a_copied_zip_with_the_base_moved_and_both_routes_apply_the_native_fix()
     {
         string repo = DocSnippetTests.RepoRoot;
-        string version = $"0.0.0-smoke.{DateTime.UtcNow:yyyyMMddHHmmss}.{Guid.NewGuid().ToString("N")[..8]}";
+        // "g" keeps the last identifier alphanumeric: 8 hex digits that happen to be all decimal with a leading 0
+        // ("01741433") are a numeric identifier SemVer refuses ((10/16)⁸ · 1/10: one run in about 430 failed in dotnet pack).
+        string version = $"0.0.0-smoke.{DateTime.UtcNow:yyyyMMddHHmmss}.g{Guid.NewGuid().ToString("N")[..8]}";
         string feed = _temp.File("feed"), packages = _temp.File("packages"), app = _temp.File("app");
         var isolated = new Dictionary<string, string> { ["NUGET_PACKAGES"] = packages };
 

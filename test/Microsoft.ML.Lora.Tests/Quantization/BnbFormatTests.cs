@@ -122,6 +122,44 @@ public class BnbFormatTests
         BitEqual(Int8Weight.Dequantize(f.Load($"{matrix}.int8.weight"), f.Load($"{matrix}.int8.SCB")), f.Load($"{matrix}.int8.dequantized"), "dequantized from the stored weight");
     }
 
+    /// <summary>
+    /// The arithmetic runs in chunks (Blockwise.ChunkValues, 1M values) that the fixture's matrices never fill; with
+    /// chunks of a few values, every matrix crosses many chunk boundaries (tails, odd lengths, the nested absmax too), and
+    /// every byte and value must still be bitsandbytes'.
+    /// </summary>
+    [Theory]
+    [InlineData(1)]
+    [InlineData(64)]
+    [InlineData(100)]
+    [InlineData(333)]
+    public void Chunked_arithmetic_equals_bitsandbytes(long chunkValues)
+    {
+        using var scope = NewDisposeScope();
+        using var f = Open();
+        foreach (var matrix in s_matrices)
+        {
+            var weight = f.Load($"{matrix}.weight");
+            foreach (var format in new[] { "nf4", "nf4_dq", "fp4", "fp4_dq" })
+            {
+                string p = $"{matrix}.{format}.", what = $"{matrix} {format} in chunks of {chunkValues}";
+                using var state = QuantState4Bit.Quantize(weight, format[..3], format.EndsWith("_dq", StringComparison.Ordinal), chunkValues: chunkValues);
+                BitEqual(state.Packed, f.Load(p + "weight"), what + ": packed weight");
+                BitEqual(state.Absmax, f.Load(p + "weight.absmax"), what + ": absmax");
+                BitEqual(state.Dequantize(chunkValues: chunkValues), f.Load(p + "dequantized"), what + ": dequantized");
+                using var bf16 = state.Dequantize(ScalarType.BFloat16, chunkValues);
+                using var whole = state.Dequantize(ScalarType.BFloat16, long.MaxValue);
+                BitEqual(bf16.to_type(ScalarType.Float32), whole.to_type(ScalarType.Float32), what + ": bfloat16");
+            }
+            var (q, scb) = Int8Weight.Quantize(weight, chunkValues);
+            BitEqual(q, f.Load($"{matrix}.int8.weight"), $"{matrix} int8 in chunks of {chunkValues}");
+            BitEqual(scb, f.Load($"{matrix}.int8.SCB"), $"{matrix} SCB in chunks of {chunkValues}");
+            BitEqual(Int8Weight.Dequantize(q, scb, chunkValues: chunkValues), f.Load($"{matrix}.int8.dequantized"), $"{matrix} int8 dequantized in chunks of {chunkValues}");
+            using var int8Bf16 = Int8Weight.Dequantize(q, scb, ScalarType.BFloat16, chunkValues);
+            using var int8Whole = Int8Weight.Dequantize(q, scb, ScalarType.Float32, long.MaxValue).to_type(ScalarType.BFloat16);
+            BitEqual(int8Bf16.to_type(ScalarType.Float32), int8Whole.to_type(ScalarType.Float32), $"{matrix} int8 to bfloat16 in chunks of {chunkValues}");
+        }
+    }
+
     [Fact]
     public void All_zero_blocks_and_rows_give_zeros_never_nan()
     {
