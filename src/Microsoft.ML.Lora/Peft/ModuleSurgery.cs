@@ -35,7 +35,16 @@ internal static class ModuleSurgery
         }
         else
             throw new InvalidOperationException($"Cannot replace '{path}': no field of {parent.GetType().Name} holds it.");
+        // Re-registering appends; the children after it are registered again too, so the parent's order (and with it
+        // named_modules, the parameters' order and the order a later adapter initialises its layers in) stays as it
+        // was, as Python's setattr keeps it.
+        var later = parent.named_children().SkipWhile(c => c.name != name).Skip(1).ToList();
         parent.register_module(name, null!);
         parent.register_module(name, replacement);
+        foreach (var (n, child) in later)
+        {
+            parent.register_module(n, null!);
+            parent.register_module(n, child);
+        }
     }
 }

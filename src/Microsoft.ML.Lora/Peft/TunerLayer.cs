@@ -14,8 +14,10 @@ internal interface ITunerLayer
 {
     /// <summary>The wrapped module, put back by unload.</summary>
     nn.Module BaseLayer { get; }
-    /// <summary>The adapter used in forward, or null for none.</summary>
+    /// <summary>The adapter used in forward, or null for none; a name this layer does not hold leaves it the wrapped module alone.</summary>
     string? ActiveAdapter { get; set; }
+    /// <summary>Whether this layer holds weights of adapter <paramref name="name"/> (an adapter adapts only its own targets).</summary>
+    bool HasAdapter(string name);
     /// <summary>When true, forward is the wrapped module's alone (PEFT's disable_adapter()).</summary>
     bool AdaptersDisabled { set; }
     /// <summary>Removes the adapter's weights (it must not be merged); another becomes active if it was.</summary>
@@ -28,10 +30,10 @@ internal interface ITunerLayer
 
 /// <summary>
 /// What every method that wraps modules of the model shares (PEFT's <c>BaseTuner</c> bookkeeping): the configs of the
-/// adapters and the wrapped layers by module path; adding an adapter (the first one injects the layers, later ones go
-/// into the same layers), deleting, activating, disabling, merging, unmerging and unloading. A method says how it
-/// injects and adds (<see cref="Inject"/>, <see cref="AddToLayers"/>) and what its adapter's parameters and saved
-/// tensors are.
+/// adapters and the wrapped layers by module path; adding an adapter (PEFT's inject_adapter: each of its targets is
+/// wrapped, or added to when an earlier adapter wrapped it already; other layers never get it), deleting, activating,
+/// disabling, merging, unmerging and unloading. A method says how it injects (<see cref="Inject"/>) and what its
+/// adapter's parameters and saved tensors are.
 /// </summary>
 /// <typeparam name="TConfig">The method's config type.</typeparam>
 internal abstract class LayerTuner<TConfig>(CausalLm model) : IPeftTuner where TConfig : PeftConfig
@@ -51,31 +53,41 @@ internal abstract class LayerTuner<TConfig>(CausalLm model) : IPeftTuner where T
         _layers.Where(kv => kv.Value is T).ToDictionary(kv => kv.Key, kv => (T)kv.Value);
 
     /// <summary>
-    /// Adds adapter <paramref name="name"/>: the first wraps the targets of its config (<see cref="Inject"/>), later ones
-    /// are added to the same layers (<see cref="AddToLayers"/>) without changing their active adapter. Random initial
-    /// values come from the installed generator, else one seeded with 42, never from torch's global generator.
+    /// Adds adapter <paramref name="name"/> to the targets of its config (<see cref="Inject"/>), which may differ from
+    /// earlier adapters' targets. The active adapter stays what it was, on every layer, new ones included (PEFT sets it
+    /// again after inject_adapter, so a layer only the new adapter targets is not switched on). Random initial values
+    /// come from the installed generator, else one seeded with 42, never from torch's global generator.
     /// </summary>
     public PeftConfig AddAdapter(string name, PeftConfig peftConfig, bool autocastAdapterDtype, Action<string> warning)
     {
         using var rng = Training.Rng.UseDefaultUnlessInstalled();
         if (peftConfig is not TConfig config) throw new ArgumentException($"This tuner takes a {typeof(TConfig).Name}, got {peftConfig.GetType().Name}.");
         if (_configs.ContainsKey(name)) throw new ArgumentException($"Adapter '{name}' already exists.");
-        if (_layers.Count == 0) config = Inject(name, config, autocastAdapterDtype, warning);
-        else
-        {
-            var active = _layers.Values.Select(l => l.ActiveAdapter).ToList();
-            config = AddToLayers(name, config, autocastAdapterDtype);
-            foreach (var (l, a) in _layers.Values.Zip(active)) l.ActiveAdapter = a;
-        }
+        bool first = _configs.Count == 0;
+        string? active = _layers.Values.Select(l => l.ActiveAdapter).FirstOrDefault(a => a is not null);
+        config = Inject(name, config, autocastAdapterDtype, warning);
+        if (!first) foreach (var l in _layers.Values) l.ActiveAdapter = active;
         _configs[name] = config;
         return config;
     }
 
-    /// <summary>Wraps the targets of <paramref name="config"/> (each with <see cref="Wrap"/>) for the first adapter; returns the config as kept.</summary>
+    /// <summary>
+    /// Adds adapter <paramref name="name"/> to the targets of <paramref name="config"/>: a target an earlier adapter
+    /// wrapped gets it added (<see cref="TryGetLayer"/>), any other is wrapped (<see cref="Wrap"/>); returns the config
+    /// as kept.
+    /// </summary>
     protected abstract TConfig Inject(string name, TConfig config, bool autocastAdapterDtype, Action<string> warning);
 
-    /// <summary>Adds adapter <paramref name="name"/> to every wrapped layer; returns the config as kept.</summary>
-    protected abstract TConfig AddToLayers(string name, TConfig config, bool autocastAdapterDtype);
+    /// <summary>The layer wrapping the module at <paramref name="path"/>, when an adapter wrapped it already.</summary>
+    protected bool TryGetLayer<T>(string path, out T layer) where T : ITunerLayer
+    {
+        if (_layers.TryGetValue(path, out var l) && l is T t) { layer = t; return true; }
+        layer = default!;
+        return false;
+    }
+
+    /// <summary>The paths of the layers that hold adapter <paramref name="name"/> (its targets), in wrapping order.</summary>
+    protected IEnumerable<string> PathsOf(string name) => _layers.Where(kv => kv.Value.HasAdapter(name)).Select(kv => kv.Key);
 
     /// <summary>Puts <paramref name="layer"/> in place of the module at <paramref name="path"/> and records it.</summary>
     protected void Wrap<T>(string path, T layer) where T : nn.Module, ITunerLayer
@@ -87,7 +99,7 @@ internal abstract class LayerTuner<TConfig>(CausalLm model) : IPeftTuner where T
     /// <inheritdoc/>
     public void DeleteAdapter(string name)
     {
-        foreach (var l in _layers.Values) l.DeleteAdapter(name);
+        foreach (var l in _layers.Values) if (l.HasAdapter(name)) l.DeleteAdapter(name);
         _configs.Remove(name);
     }
 
@@ -111,7 +123,11 @@ internal abstract class LayerTuner<TConfig>(CausalLm model) : IPeftTuner where T
     public abstract System.Text.Json.Nodes.JsonObject ConfigJson(string name);
 
     /// <inheritdoc/>
-    public void Merge(string name) { foreach (var l in _layers.Values) l.Merge(name); }
+    public void Merge(string name)
+    {
+        if (!_configs.ContainsKey(name)) throw new ArgumentException($"Adapter '{name}' does not exist.");
+        foreach (var l in _layers.Values) if (l.HasAdapter(name)) l.Merge(name);
+    }
     /// <inheritdoc/>
     public void Unmerge() { foreach (var l in _layers.Values) l.Unmerge(); }
 
@@ -120,7 +136,7 @@ internal abstract class LayerTuner<TConfig>(CausalLm model) : IPeftTuner where T
     {
         foreach (var (path, l) in _layers)
         {
-            if (mergeName is not null) l.Merge(mergeName);
+            if (mergeName is not null && l.HasAdapter(mergeName)) l.Merge(mergeName);
             ModuleSurgery.Replace(Model, path, l.BaseLayer);
         }
         _layers.Clear();

@@ -46,6 +46,8 @@ internal sealed class IA3Linear : nn.Module<Tensor, Tensor>, ILinear, ITunerLaye
 
     /// <summary>The vector of <paramref name="adapter"/>: [1, in] on a feed-forward target, else [out, 1].</summary>
     public Parameter Vector(string adapter) => ia3_l.ContainsKey(adapter) ? ia3_l[adapter] : throw new KeyNotFoundException($"No IA3 adapter '{adapter}'.");
+    /// <inheritdoc/>
+    public bool HasAdapter(string name) => ia3_l.ContainsKey(name);
 
     /// <summary>Adds adapter <paramref name="name"/> (PEFT's update_layer): ones, or N(0, 1) values (torch.randn) without init; float32 over a half-precision base when <paramref name="autocastAdapterDtype"/>.</summary>
     public void AddAdapter(string name, IA3Config config, bool autocastAdapterDtype = true)
@@ -73,7 +75,7 @@ internal sealed class IA3Linear : nn.Module<Tensor, Tensor>, ILinear, ITunerLaye
 
     public override Tensor forward(Tensor x)
     {
-        if (AdaptersDisabled || ActiveAdapter is null || _merged.Contains(ActiveAdapter)) return base_layer.forward(x);
+        if (AdaptersDisabled || ActiveAdapter is null || !HasAdapter(ActiveAdapter) || _merged.Contains(ActiveAdapter)) return base_layer.forward(x);
         using var l = Vector(ActiveAdapter).flatten();
         if (IsFeedforward)
         {

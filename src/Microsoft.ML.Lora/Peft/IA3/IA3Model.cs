@@ -7,8 +7,8 @@ using static TorchSharp.torch;
 namespace Microsoft.ML.Lora.Peft;
 
 /// <summary>
-/// The (IA)³ tuner (PEFT's tuners/ia3/model.py IA3Model): the first adapter wraps its targets in
-/// <see cref="IA3Linear"/> in place; later adapters are added to the same layers. <see cref="PeftModel"/> holds it.
+/// The (IA)³ tuner (PEFT's tuners/ia3/model.py IA3Model): each adapter wraps its targets in <see cref="IA3Linear"/> in
+/// place, or is added to a target an earlier adapter wrapped. <see cref="PeftModel"/> holds it.
 /// </summary>
 internal sealed class IA3Model(CausalLm model) : LayerTuner<IA3Config>(model)
 {
@@ -32,14 +32,6 @@ internal sealed class IA3Model(CausalLm model) : LayerTuner<IA3Config>(model)
     }
 
     /// <inheritdoc/>
-    protected override IA3Config AddToLayers(string name, IA3Config config, bool autocastAdapterDtype)
-    {
-        config = Complete(config);
-        foreach (var l in Layers.Values) l.AddAdapter(name, config, autocastAdapterDtype);
-        return config;
-    }
-
-    /// <inheritdoc/>
     protected override IA3Config Inject(string adapterName, IA3Config config, bool autocastAdapterDtype, Action<string> warning)
     {
         config = Complete(config);
@@ -56,6 +48,11 @@ internal sealed class IA3Model(CausalLm model) : LayerTuner<IA3Config>(model)
         }
         foreach (var (path, _) in targets)
         {
+            if (TryGetLayer<IA3Linear>(path, out var wrapped))
+            {
+                wrapped.AddAdapter(adapterName, config, autocastAdapterDtype); // is_feedforward stays the first wrap's, as in PEFT
+                continue;
+            }
             bool feedforward = config.FeedforwardModules!.Any(f => path.EndsWith(f, StringComparison.Ordinal));
             var wrapper = new IA3Linear((nn.Module<Tensor, Tensor>)ModuleSurgery.Get(Model, path), feedforward);
             Wrap(path, wrapper);
@@ -65,13 +62,13 @@ internal sealed class IA3Model(CausalLm model) : LayerTuner<IA3Config>(model)
     }
 
     /// <summary>The adapter's vectors (<c>ia3_l.&lt;adapter&gt;</c>).</summary>
-    public override IEnumerable<Parameter> TrainableParameters(string adapter) => Layers.Values.Select(l => l.Vector(adapter));
+    public override IEnumerable<Parameter> TrainableParameters(string adapter) => Layers.Values.Where(l => l.HasAdapter(adapter)).Select(l => l.Vector(adapter));
 
     /// <summary>The tensors PEFT saves, by saved key (<c>base_model.model.&lt;path&gt;.ia3_l</c>; views of the live parameters).</summary>
     public override SortedDictionary<string, Tensor> StateDict(string adapter)
     {
         var dict = new SortedDictionary<string, Tensor>(StringComparer.Ordinal);
-        foreach (var (path, l) in Layers) dict[$"{PeftAdapterIO.Prefix}{path}.ia3_l"] = l.Vector(adapter);
+        foreach (var (path, l) in Layers.Where(kv => kv.Value.HasAdapter(adapter))) dict[$"{PeftAdapterIO.Prefix}{path}.ia3_l"] = l.Vector(adapter);
         return dict;
     }
 

@@ -46,6 +46,8 @@ internal sealed class LoraEmbedding : nn.Module<Tensor, Tensor>, Models.Layers.I
 
     /// <summary>lora_embedding_A of <paramref name="adapter"/> [r, vocab].</summary>
     public Parameter LoraA(string adapter) => lora_embedding_A[adapter];
+    /// <inheritdoc/>
+    public bool HasAdapter(string name) => lora_embedding_A.ContainsKey(name);
     /// <summary>lora_embedding_B of <paramref name="adapter"/> [hidden, r].</summary>
     public Parameter LoraB(string adapter) => lora_embedding_B[adapter];
     /// <summary>The factor applied to the update of <paramref name="adapter"/>.</summary>
@@ -84,7 +86,7 @@ internal sealed class LoraEmbedding : nn.Module<Tensor, Tensor>, Models.Layers.I
     public override Tensor forward(Tensor ids)
     {
         var result = base_layer.forward(ids);
-        if (AdaptersDisabled || ActiveAdapter is null || _merged.Contains(ActiveAdapter)) return result;
+        if (AdaptersDisabled || ActiveAdapter is null || !HasAdapter(ActiveAdapter) || _merged.Contains(ActiveAdapter)) return result;
         using var scope = NewDisposeScope();
         var at = LoraA(ActiveAdapter).t(); // (vocab, r)
         var flat = ids.flatten();

@@ -51,6 +51,7 @@ internal sealed class LoraLinear : nn.Module<Tensor, Tensor>, ILinear, ITunerLay
     public bool AdaptersDisabled { get; set; }
     public IReadOnlyList<string> MergedAdapters => _merged;
     public IEnumerable<string> Adapters => lora_A.Items.Keys;
+    public bool HasAdapter(string name) => lora_A.Items.ContainsKey(name);
 
     public Parameter LoraA(string adapter) => lora_A.Items.TryGetValue(adapter, out var l) ? l.weight! : throw new KeyNotFoundException($"No LoRA adapter '{adapter}'.");
     public Parameter LoraB(string adapter) => lora_B.Items[adapter].weight!;
@@ -124,7 +125,7 @@ internal sealed class LoraLinear : nn.Module<Tensor, Tensor>, ILinear, ITunerLay
     public override Tensor forward(Tensor x)
     {
         var result = base_layer.forward(x);
-        if (AdaptersDisabled || ActiveAdapter is null || _merged.Contains(ActiveAdapter)) return result;
+        if (AdaptersDisabled || ActiveAdapter is null || !HasAdapter(ActiveAdapter) || _merged.Contains(ActiveAdapter)) return result;
         var a = lora_A.Items[ActiveAdapter];
         var b = lora_B.Items[ActiveAdapter];
         var drop = _dropout[ActiveAdapter];

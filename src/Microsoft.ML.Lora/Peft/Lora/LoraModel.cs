@@ -19,9 +19,13 @@ internal sealed class LoraModel(CausalLm model) : LayerTuner<LoraConfig>(model)
     /// <summary>Wrapped embeddings by module path (PEFT's LoRA Embedding layer).</summary>
     public IReadOnlyDictionary<string, LoraEmbedding> Embeddings => LayersOf<LoraEmbedding>();
 
-    /// <summary>Names of the linear layers of <paramref name="model"/> (what target_modules can match).</summary>
+    /// <summary>
+    /// Names of the linear layers of <paramref name="model"/> (what target_modules can match): a linear an adapter
+    /// wrapped already counts at its own path, never its base_layer or the adapters' own linears.
+    /// </summary>
     public static List<(string Path, ILinear Linear)> LinearModules(nn.Module model) =>
-        model.named_modules().Where(m => m.module is ILinear && m.module is not LoraLinear && !m.name.Contains(".base_layer", StringComparison.Ordinal) && !m.name.StartsWith("base_layer", StringComparison.Ordinal))
+        model.named_modules().Where(m => m.module is ILinear && m.name.Length > 0 && !m.name.Contains("base_layer", StringComparison.Ordinal)
+                && !m.name.Contains("lora_", StringComparison.Ordinal))
             .Select(m => (m.name, (ILinear)m.module)).ToList();
 
     /// <summary>The paths <paramref name="config"/> selects on a model with these linear paths.</summary>
@@ -62,20 +66,11 @@ internal sealed class LoraModel(CausalLm model) : LayerTuner<LoraConfig>(model)
             .Select(m => (m.name, m.module)).ToList();
 
     /// <summary>
-    /// Adds adapter <paramref name="name"/> to the wrapped layers. With autocast (PEFT's default) the adapter weights
-    /// of a bfloat16 or float16 model are float32, so the optimizer updates full-precision weights while the base stays
-    /// in half precision. Later adapters' saved target_modules are the model type's default when none are given.
+    /// Adds adapter <paramref name="adapterName"/> to the targets of its config (PEFT's inject_adapter): linears are
+    /// wrapped in <see cref="LoraLinear"/>, embeddings in <see cref="LoraEmbedding"/>, or added to when an earlier
+    /// adapter wrapped them. With autocast (PEFT's default) the adapter weights of a bfloat16 or float16 model are
+    /// float32, so the optimizer updates full-precision weights while the base stays in half precision.
     /// </summary>
-    protected override LoraConfig AddToLayers(string name, LoraConfig config, bool autocastAdapterDtype)
-    {
-        if (config.TargetModules is null && config.TargetModulesRegex is null) config = config with { TargetModules = LoraConfig.DefaultTargets(Model.Config.ModelType) };
-        config = config with { FanInFanOut = config.FanInFanOut || Layers.Values.Any(l => l.FanInFanOut) };
-        foreach (var (path, l) in Layers) l.AddAdapter(name, config.ForModule(path), autocastAdapterDtype);
-        foreach (var (path, e) in Embeddings) e.AddAdapter(name, config.ForModule(path), autocastAdapterDtype);
-        return config;
-    }
-
-    /// <summary>Wraps the targets of the first adapter's config (get_peft_model): linears in <see cref="LoraLinear"/>, embeddings in <see cref="LoraEmbedding"/>.</summary>
     protected override LoraConfig Inject(string adapterName, LoraConfig config, bool autocastAdapterDtype, Action<string> warning)
     {
         var model = Model;
@@ -85,7 +80,7 @@ internal sealed class LoraModel(CausalLm model) : LayerTuner<LoraConfig>(model)
         (config, var targets) = Select([.. modules.Select(m => m.Path)], [.. linears.Select(l => l.Path)], config, model.Config.ModelType);
         var byPath = modules.ToDictionary(m => m.Path, m => m.Module);
         foreach (var t in targets)
-            if (byPath[t] is not (ILinear or Embedding))
+            if (byPath[t] is not (ILinear or Embedding or LoraEmbedding))
                 throw new NotSupportedException($"Target module '{t}' is a {byPath[t].GetName()}; LoRA adapts linear layers (Linear, Conv1D) and embeddings, as PEFT. " +
                     "Name the layers inside it instead (set TargetModules).");
         if (!config.FanInFanOut && targets.Any(t => byPath[t] is ILinear { FanInFanOut: true }))
@@ -93,20 +88,27 @@ internal sealed class LoraModel(CausalLm model) : LayerTuner<LoraConfig>(model)
             warning("fan_in_fan_out is set to False but the target module is `Conv1D`. Setting fan_in_fan_out to True.");
             config = config with { FanInFanOut = true };
         }
-        foreach (var path in targets.Where(t => byPath[t] is Embedding))
+        // In module order, as PEFT's inject_adapter: the seeded initialisation then draws the same values for a layer
+        // whether or not an earlier adapter wrapped it.
+        foreach (var path in targets)
         {
-            var wrapper = new LoraEmbedding((Embedding)byPath[path], EmbeddingPaddingIdx(model.Config));
-            try { Wrap(path, wrapper); }
-            catch (InvalidOperationException e)
-            { throw new NotSupportedException($"Target module '{path}': LoRA on the embedding of a {model.Config.ModelType} model is not supported ({e.Message})", e); }
-            wrapper.AddAdapter(adapterName, config.ForModule(path), autocastAdapterDtype);
-        }
-        foreach (var path in targets.Where(t => byPath[t] is ILinear))
-        {
-            var original = (nn.Module<Tensor, Tensor>)ModuleSurgery.Get(model, path);
-            var wrapper = new LoraLinear(original);
-            Wrap(path, wrapper);
-            wrapper.AddAdapter(adapterName, config.ForModule(path), autocastAdapterDtype);
+            var target = config.ForModule(path);
+            if (TryGetLayer<LoraEmbedding>(path, out var embedding)) embedding.AddAdapter(adapterName, target, autocastAdapterDtype);
+            else if (TryGetLayer<LoraLinear>(path, out var linear)) linear.AddAdapter(adapterName, target, autocastAdapterDtype);
+            else if (byPath[path] is Embedding e)
+            {
+                var wrapper = new LoraEmbedding(e, EmbeddingPaddingIdx(model.Config));
+                try { Wrap(path, wrapper); }
+                catch (InvalidOperationException ex)
+                { throw new NotSupportedException($"Target module '{path}': LoRA on the embedding of a {model.Config.ModelType} model is not supported ({ex.Message})", ex); }
+                wrapper.AddAdapter(adapterName, target, autocastAdapterDtype);
+            }
+            else
+            {
+                var wrapper = new LoraLinear((nn.Module<Tensor, Tensor>)ModuleSurgery.Get(model, path));
+                Wrap(path, wrapper);
+                wrapper.AddAdapter(adapterName, target, autocastAdapterDtype);
+            }
         }
         return config;
     }
@@ -131,14 +133,14 @@ internal sealed class LoraModel(CausalLm model) : LayerTuner<LoraConfig>(model)
     public override IEnumerable<Parameter> TrainableParameters(string adapter)
     {
         var config = Configs[adapter];
-        var layers = Layers;
+        var layers = Layers.Where(kv => kv.Value.HasAdapter(adapter)).ToDictionary();
         foreach (var l in layers.Values)
         {
             yield return l.LoraA(adapter);
             yield return l.LoraB(adapter);
             if (l.Magnitude(adapter) is { } m) yield return m; // DoRA
         }
-        foreach (var e in Embeddings.Values)
+        foreach (var e in Embeddings.Values.Where(e => e.HasAdapter(adapter)))
         {
             yield return e.LoraA(adapter);
             yield return e.LoraB(adapter);
@@ -158,13 +160,13 @@ internal sealed class LoraModel(CausalLm model) : LayerTuner<LoraConfig>(model)
         const string Prefix = PeftAdapterIO.Prefix;
         var config = Configs[adapter];
         var dict = new SortedDictionary<string, Tensor>(StringComparer.Ordinal);
-        foreach (var (path, l) in Layers)
+        foreach (var (path, l) in Layers.Where(kv => kv.Value.HasAdapter(adapter)))
         {
             dict[$"{Prefix}{path}.lora_A.weight"] = l.LoraA(adapter);
             dict[$"{Prefix}{path}.lora_B.weight"] = l.LoraB(adapter);
             if (l.Magnitude(adapter) is { } m) dict[$"{Prefix}{path}.lora_magnitude_vector"] = m; // PEFT drops ".weight" here
         }
-        foreach (var (path, e) in Embeddings)
+        foreach (var (path, e) in Embeddings.Where(kv => kv.Value.HasAdapter(adapter)))
         {
             // Parameters, not modules: PEFT's keys have no ".weight".
             dict[$"{Prefix}{path}.lora_embedding_A"] = e.LoraA(adapter);
@@ -184,7 +186,7 @@ internal sealed class LoraModel(CausalLm model) : LayerTuner<LoraConfig>(model)
     public override System.Text.Json.Nodes.JsonObject ConfigJson(string adapter)
     {
         var config = Configs[adapter];
-        return LoraConfigJson.Write(config, LoraConfigJson.SavedTargets(config, AllLayers.Keys));
+        return LoraConfigJson.Write(config, LoraConfigJson.SavedTargets(config, PathsOf(adapter)));
     }
 
     /// <summary>
