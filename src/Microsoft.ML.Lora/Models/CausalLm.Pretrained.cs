@@ -48,30 +48,47 @@ public abstract partial class CausalLm
     }
 
     /// <summary>
+    /// The bitsandbytes quantization the model was loaded with (<see cref="ModelLoadOptions.QuantizationConfig"/>, or the
+    /// <c>quantization_config</c> of a pre-quantized checkpoint), as transformers keeps it in <c>model.config</c>; null
+    /// for a model in floating point. <see cref="SavePretrained"/> writes it into config.json.
+    /// </summary>
+    public Quantization.BitsAndBytesConfig? QuantizationConfig { get; internal set; }
+
+    /// <summary>
     /// Writes the model as a Hugging Face folder that transformers loads (<c>save_pretrained</c>): config.json (with the
-    /// weights' dtype), model.safetensors (Hugging Face names; a tied lm_head is not written), and the tokenizer files of
-    /// the folder it was loaded from (<paramref name="tokenizerFolder"/> overrides it). Each file is written to a
-    /// temporary sibling and renamed. Save a <see cref="Peft.PeftModel"/> after <see cref="Peft.PeftModel.MergeAndUnload"/>.
+    /// model's dtype: its first floating-point parameter's), model.safetensors (Hugging Face names; a tied lm_head is not
+    /// written), and the tokenizer files of the folder it was loaded from (<paramref name="tokenizerFolder"/> overrides
+    /// it). A quantized model (<see cref="QuantizationConfig"/>) is written as transformers + bitsandbytes write it: each
+    /// quantized linear's bitsandbytes state (packed weight, absmax, quant map, quant state JSON; or int8 weight, SCB,
+    /// weight_format) and config.json's <c>quantization_config</c>, so it loads back pre-quantized. Each file is written
+    /// to a temporary sibling and renamed. Save a <see cref="Peft.PeftModel"/> after <see cref="Peft.PeftModel.MergeAndUnload"/>.
     /// </summary>
     /// <param name="folder">The folder to write (created when absent).</param>
     /// <param name="tokenizerFolder">Where to copy the tokenizer files from; null for <see cref="NameOrPath"/>.</param>
-    /// <exception cref="InvalidOperationException">The model still holds adapter layers.</exception>
+    /// <exception cref="InvalidOperationException">The model still holds adapter layers, or its quantized layers do not fit its quantization config.</exception>
     public void SavePretrained(string folder, string? tokenizerFolder = null)
     {
         ArgumentException.ThrowIfNullOrEmpty(folder);
         // Every adapter layer of every method lives in the Peft namespace; none may be written into a plain checkpoint.
         if (named_modules().FirstOrDefault(m => m.module.GetType().Namespace == typeof(Peft.PeftModel).Namespace).name is { } path)
             throw new InvalidOperationException($"The model still holds adapter layers ('{path}'): call PeftModel.MergeAndUnload() before SavePretrained.");
+        var quantized = Quantization.QuantizedSaving.Layers(this);
+        Quantization.QuantizedSaving.CheckSavable(this, QuantizationConfig, quantized);
         Directory.CreateDirectory(folder);
         var json = ModelFactory.ToJson(Config);
-        var dtype = parameters().First().dtype;
-        string dtypeName = dtype switch { ScalarType.BFloat16 => "bfloat16", ScalarType.Float16 => "float16", _ => "float32" };
+        // The packed uint8 / int8 weights of quantized layers are not the model's dtype (transformers' get_parameter_dtype).
+        string dtypeName = Quantization.QuantizedSaving.FloatDType(this) switch { ScalarType.BFloat16 => "bfloat16", ScalarType.Float16 => "float16", _ => "float32" };
         if (json.ContainsKey("dtype") || !json.ContainsKey("torch_dtype")) json["dtype"] = dtypeName;
         if (json.ContainsKey("torch_dtype")) json["torch_dtype"] = dtypeName;
-        // Tied weights are stored once, under the input embedding's name, as transformers does.
-        var seen = new HashSet<IntPtr>();
-        var tensors = named_parameters().Where(p => seen.Add(p.parameter.Handle)).Select(p => KeyValuePair.Create(p.name, (Tensor)p.parameter)).ToList();
-        SafeTensorsWriter.Save(Path.Combine(folder, CheckpointFolder.SingleFile), tensors, new Dictionary<string, string> { ["format"] = "pt" });
+        // transformers writes config.quantization_config.to_dict(): the config in effect, not the one the file had.
+        if (QuantizationConfig is { } quantization) json["quantization_config"] = quantization.ToJson();
+        else json.Remove("quantization_config");
+        using (var scope = NewDisposeScope()) // the quant-state JSON and weight_format tensors made for the file
+        {
+            // Tied weights are stored once, under the input embedding's name, as transformers does.
+            var tensors = Quantization.QuantizedSaving.StateDict(this, quantized);
+            SafeTensorsWriter.Save(Path.Combine(folder, CheckpointFolder.SingleFile), tensors, new Dictionary<string, string> { ["format"] = "pt" });
+        }
         AtomicFile.WriteAllText(Path.Combine(folder, "config.json"), json.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
         if ((tokenizerFolder ?? NameOrPath) is { } source && Path.GetFullPath(source) != Path.GetFullPath(folder))
             foreach (var name in TokenizerFiles.Concat(["generation_config.json"]))

@@ -71,6 +71,7 @@ internal static class ModelLoader
             var quantization = Quantization.QuantizedLoading.Effective(checkpoint, config, options.QuantizationConfig);
             var quantized = quantization is null ? null : Quantization.QuantizedLoading.Apply(model, checkpoint, quantization, options.DType, device);
             LoadWeights(model, checkpoint, options.DType, device, quantized, options.ReadMappedWeights);
+            model.QuantizationConfig = quantization;
             model.Float32Arithmetic = options.ComputeDType == ScalarType.Float32 && options.DType != ScalarType.Float32;
             ModelFactory.Freeze(model);
             model.eval();

@@ -70,7 +70,10 @@ public sealed record BitsAndBytesConfig
         return !ModulesToNotConvert.Any(k => k == name || k == path || path.Contains(k + ".", StringComparison.Ordinal));
     }
 
-    /// <summary>The <c>quantization_config</c> block transformers writes into config.json.</summary>
+    /// <summary>
+    /// The <c>quantization_config</c> block transformers writes into config.json (<c>BitsAndBytesConfig.to_dict()</c>, its
+    /// keys sorted as <c>to_json_string</c> sorts them).
+    /// </summary>
     public JsonObject ToJson() => new()
     {
         ["_load_in_4bit"] = LoadIn4bit,
@@ -82,7 +85,8 @@ public sealed record BitsAndBytesConfig
         ["llm_int8_enable_fp32_cpu_offload"] = false,
         ["llm_int8_has_fp16_weight"] = false,
         ["llm_int8_skip_modules"] = LlmInt8SkipModules is null ? null : new JsonArray(LlmInt8SkipModules.Select(m => (JsonNode)m!).ToArray()),
-        ["llm_int8_threshold"] = LlmInt8Threshold,
+        // A Python float, as json.dumps writes it ("6.0", where System.Text.Json writes "6").
+        ["llm_int8_threshold"] = double.IsFinite(LlmInt8Threshold) ? JsonNode.Parse(PythonFloat.Repr(LlmInt8Threshold)) : LlmInt8Threshold,
         ["load_in_4bit"] = LoadIn4bit,
         ["load_in_8bit"] = LoadIn8bit,
         ["quant_method"] = "bitsandbytes",

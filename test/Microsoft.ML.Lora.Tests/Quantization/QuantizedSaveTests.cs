@@ -72,13 +72,16 @@ public class QuantizedSaveTests(ITestOutputHelper output)
     [InlineData("llama", "fp4")]
     [InlineData("gpt2", "int8")] // Conv1D, tied lm_head
     [InlineData("gpt2", "nf4_dq")]
-    public void A_model_quantized_while_loading_saves_and_loads_back_identically(string arch, string mode)
+    [InlineData("llama", "nf4", "bfloat16")]
+    public void A_model_quantized_while_loading_saves_and_loads_back_identically(string arch, string mode, string dtype = "float32")
     {
         using var temp = new TempFolder();
         var quantization = Quantization(mode);
+        var type = dtype == "bfloat16" ? ScalarType.BFloat16 : ScalarType.Float32;
+        if (type == ScalarType.BFloat16) quantization = quantization with { Bnb4bitComputeDType = ScalarType.BFloat16 };
         Tensor before;
         int quantizedLayers;
-        using (var model = ModelLoader.Load(Fixtures.Model(arch), new ModelLoadOptions { QuantizationConfig = quantization }))
+        using (var model = ModelLoader.Load(Fixtures.Model(arch), new ModelLoadOptions { QuantizationConfig = quantization, DType = type }))
         {
             quantizedLayers = model.modules().OfType<IQuantizedLinear>().Count();
             quantizedLayers.Should().BeGreaterThan(0);
@@ -89,7 +92,7 @@ public class QuantizedSaveTests(ITestOutputHelper output)
         var config = Config(temp.Path);
         JsonNode.DeepEquals(config["quantization_config"], quantization.ToJson()).Should().BeTrue($"the saved config states the quantization: {config["quantization_config"]?.ToJsonString()}");
         var dtypeKey = config.ContainsKey("torch_dtype") ? "torch_dtype" : "dtype";
-        config[dtypeKey]!.GetValue<string>().Should().Be("float32", "the model's float dtype, not the packed weights' uint8");
+        config[dtypeKey]!.GetValue<string>().Should().Be(dtype, "the model's float dtype, not the packed weights' uint8");
 
         using (var saved = SafeTensorsFile.Open(Path.Combine(temp.Path, "model.safetensors")))
         {
@@ -100,7 +103,9 @@ public class QuantizedSaveTests(ITestOutputHelper output)
             if (arch == "gpt2") names.Should().NotContain("lm_head.weight", "a tied lm_head is not written");
         }
 
-        using var reloaded = ModelLoader.Load(temp.Path);
+        // As transformers, the dtype to load in is the caller's (config.json's dtype is not applied by itself).
+        using var reloaded = ModelLoader.Load(temp.Path, type == ScalarType.Float32 ? null : new ModelLoadOptions { DType = type });
+        reloaded.QuantizationConfig.Should().Be(quantization);
         reloaded.modules().OfType<IQuantizedLinear>().Count().Should().Be(quantizedLayers);
         using var after = Logits(reloaded);
         output.WriteLine($"{arch} {mode}: max |logits after - before| = {(after - before).abs().max().item<float>()}");
@@ -124,5 +129,29 @@ public class QuantizedSaveTests(ITestOutputHelper output)
         using var reloaded = ModelLoader.Load(temp.File("merged"));
         using var after = Logits(reloaded);
         after.allclose(before, 0, 0).Should().BeTrue("the requantized merged weights are saved as they are");
+    }
+
+    [Fact]
+    public void Quantized_layers_that_do_not_fit_the_quantization_config_are_refused_before_anything_is_written()
+    {
+        using var temp = new TempFolder();
+        using var model = ModelLoader.Load(Fixtures.Model("llama"), new ModelLoadOptions { QuantizationConfig = Quantization("nf4") });
+        var loaded = model.QuantizationConfig;
+        void Refused(BitsAndBytesConfig? config, string message)
+        {
+            model.QuantizationConfig = config;
+            var act = () => model.SavePretrained(temp.File("refused"));
+            act.Should().Throw<InvalidOperationException>().WithMessage(message);
+            Directory.Exists(temp.File("refused")).Should().BeFalse();
+        }
+        Refused(null, "*quantized layers ('model.layers.0.self_attn.q_proj')*no quantization config*");
+        Refused(Quantization("int8"), "*'model.layers.0.self_attn.q_proj' is a Linear4bit*8-bit (load_in_8bit)*");
+        Refused(loaded! with { LlmInt8SkipModules = ["lm_head", "q_proj"] }, "*'model.layers.0.self_attn.q_proj' is in the model's llm_int8_skip_modules*");
+        Refused(loaded! with { LlmInt8SkipModules = [] }, "*'lm_head' is not quantized*quantizes it*");
+
+        using var floating = ModelLoader.Load(Fixtures.Model("llama"));
+        floating.QuantizationConfig.Should().BeNull();
+        floating.SavePretrained(temp.File("float"));
+        Config(temp.File("float")).ContainsKey("quantization_config").Should().BeFalse("a float model has no quantization_config");
     }
 }
