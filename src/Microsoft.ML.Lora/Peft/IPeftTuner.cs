@@ -73,6 +73,13 @@ internal interface IPeftTuner
     /// </summary>
     int VirtualTokenPositions => 0;
 
+    /// <summary>
+    /// Positions of the model's context the active adapter takes before the input: every prompt-learning method's
+    /// virtual tokens, prefix tuning's (the key/value prefix shifts the input's positions) included. Training and
+    /// generation leave them free. 0 for methods that keep the input's length.
+    /// </summary>
+    int ContextPositions => VirtualTokenPositions;
+
     /// <summary>Logits of the model with the active adapter; methods that change the input (prompt learning) override it.</summary>
     Tensor Forward(Tensor inputIds, Tensor? attentionMask, Tensor? positionIds, Generation.KvCache? cache) =>
         Model.Forward(inputIds, attentionMask, positionIds, cache);

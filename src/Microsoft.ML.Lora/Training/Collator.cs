@@ -26,16 +26,29 @@ internal sealed record Batch(Tensor InputIds, Tensor AttentionMask, Tensor Label
 /// right-padded to the longest example of the batch (pad label -100, attention mask 0). The model's vocabulary size
 /// <c>vocabSize</c> (0: not checked) bounds the ids: an example with one outside it is refused naming the example.
 /// </summary>
-internal sealed class Collator(int padId, int? eosId, bool appendEos, bool trainOnPrompt, int maxLength, OverlengthPolicy overlength, int vocabSize = 0)
+internal sealed class Collator(int padId, int? eosId, bool appendEos, bool trainOnPrompt, int maxLength, OverlengthPolicy overlength, int vocabSize = 0,
+    string limit = "model context")
 {
     public int Truncated { get; private set; }
 
-    /// <summary>The collator of training and evaluation: pad with the model's pad (else EOS) token, cut to MaxSequenceLength and the model's context.</summary>
-    public static Collator For(Models.ModelConfig cfg, TrainingOptions o)
+    /// <summary>
+    /// The collator of training and evaluation: pad with the model's pad (else EOS) token, cut to MaxSequenceLength and
+    /// to the model's context less the <paramref name="adapterPositions"/> an adapter puts before the input
+    /// (<see cref="Peft.IPeftTuner.ContextPositions"/>: prompt learning's virtual tokens).
+    /// </summary>
+    public static Collator For(Models.ModelConfig cfg, TrainingOptions o, int adapterPositions = 0)
     {
-        int maxLen = o.MaxSequenceLength > 0 ? o.MaxSequenceLength : cfg.MaxPositionEmbeddings;
-        if (cfg.MaxPositionEmbeddings > 0) maxLen = Math.Min(maxLen, cfg.MaxPositionEmbeddings);
-        return new Collator(cfg.PadTokenId ?? cfg.EosTokenId ?? 0, cfg.EosTokenId, o.AppendEos, o.TrainOnPrompt, maxLen, o.Overlength, cfg.VocabSize);
+        int maxLen = o.MaxSequenceLength > 0 ? o.MaxSequenceLength : 0;
+        string limit = "MaxSequenceLength";
+        if (cfg.MaxPositionEmbeddings > 0 && (maxLen == 0 || cfg.MaxPositionEmbeddings - adapterPositions < maxLen))
+        {
+            maxLen = cfg.MaxPositionEmbeddings - adapterPositions;
+            limit = adapterPositions == 0 ? "model context"
+                : $"model context of {cfg.MaxPositionEmbeddings} positions less the adapter's {adapterPositions} virtual tokens";
+            if (maxLen < 1)
+                throw new ArgumentException($"The adapter's {adapterPositions} virtual tokens fill the model's context of {cfg.MaxPositionEmbeddings} positions (max_position_embeddings); use fewer virtual tokens.");
+        }
+        return new Collator(cfg.PadTokenId ?? cfg.EosTokenId ?? 0, cfg.EosTokenId, o.AppendEos, o.TrainOnPrompt, maxLen, o.Overlength, cfg.VocabSize, limit);
     }
 
     public (int[] Ids, long[] Labels) Encode(TrainingExample e, int index)
@@ -53,7 +66,7 @@ internal sealed class Collator(int padId, int? eosId, bool appendEos, bool train
         if (maxLength > 0 && ids.Count > maxLength)
         {
             if (overlength == OverlengthPolicy.Error)
-                throw new ArgumentException($"Training example {index} has {ids.Count} tokens; the limit is {maxLength} (model context). Shorten it or set Overlength = Truncate.");
+                throw new ArgumentException($"Training example {index} has {ids.Count} tokens; the limit is {maxLength} ({limit}). Shorten it or set Overlength = Truncate.");
             Truncated++;
             return (ids.Take(maxLength).ToArray(), labels.Take(maxLength).ToArray());
         }

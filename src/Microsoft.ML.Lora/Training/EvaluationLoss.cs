@@ -18,7 +18,7 @@ internal static class EvaluationLoss
     /// </summary>
     public static (double Sum, long Count) Sum(PeftModel model, IReadOnlyList<TrainingExample> examples, TrainingOptions options)
     {
-        var collator = Collator.For(model.Model.Config, options);
+        var collator = Collator.For(model.Model.Config, options, model.Tuner.ContextPositions);
         var encoded = examples.Select((e, i) => collator.Encode(e, i)).ToList();
         return Sum(model, encoded, collator, options.BatchSize);
     }

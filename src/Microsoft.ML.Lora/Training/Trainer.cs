@@ -189,7 +189,7 @@ public sealed class Trainer : IDisposable
     {
         if (train.Count == 0) throw new ArgumentException("The training set is empty.", nameof(train));
         var cfg = _model.Model.Config;
-        var collator = Collator.For(cfg, _o);
+        var collator = Collator.For(cfg, _o, _model.Tuner.ContextPositions);
         var encoded = train.Select((e, i) => collator.Encode(e, i)).ToList();
         var evalEncoded = eval?.Select((e, i) => collator.Encode(e, i)).ToList();
         if (evalEncoded is { Count: 0 }) throw new ArgumentException("The eval set is empty; pass null for no evaluation.", nameof(eval));

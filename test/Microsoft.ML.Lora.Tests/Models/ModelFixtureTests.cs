@@ -9,6 +9,9 @@ namespace Microsoft.ML.Lora.Tests.Models;
 
 public class ModelFixtureTests(ITestOutputHelper output)
 {
+    /// <summary>Every fixture in shared/fixtures/models.</summary>
+    public static TheoryData<string> Architectures => new("bloom", "gpt2", "llama", "qwen2", "qwen3", "phi3", "gemma2");
+
     private const double Tolerance = 1e-4;
 
     internal static Tensor Ref(string arch, string name)
@@ -25,13 +28,7 @@ public class ModelFixtureTests(ITestOutputHelper output)
     }
 
     [Theory]
-    [InlineData("bloom")]
-    [InlineData("gpt2")]
-    [InlineData("llama")]
-    [InlineData("qwen2")]
-    [InlineData("qwen3")]
-    [InlineData("phi3")]
-    [InlineData("gemma2")]
+    [MemberData(nameof(Architectures))]
     public void Logits_match_reference_with_positions_0_to_T(string arch)
     {
         using var scope = NewDisposeScope();
@@ -47,13 +44,7 @@ public class ModelFixtureTests(ITestOutputHelper output)
     }
 
     [Theory]
-    [InlineData("bloom")]
-    [InlineData("gpt2")]
-    [InlineData("llama")]
-    [InlineData("qwen2")]
-    [InlineData("qwen3")]
-    [InlineData("phi3")]
-    [InlineData("gemma2")]
+    [MemberData(nameof(Architectures))]
     public void Logits_match_reference_with_positions_from_mask(string arch)
     {
         using var scope = NewDisposeScope();
@@ -71,13 +62,7 @@ public class ModelFixtureTests(ITestOutputHelper output)
     }
 
     [Theory]
-    [InlineData("bloom")]
-    [InlineData("gpt2")]
-    [InlineData("llama")]
-    [InlineData("qwen2")]
-    [InlineData("qwen3")]
-    [InlineData("phi3")]
-    [InlineData("gemma2")]
+    [MemberData(nameof(Architectures))]
     public void Step_logits_with_cache_match_reference(string arch)
     {
         using var scope = NewDisposeScope();
@@ -101,13 +86,7 @@ public class ModelFixtureTests(ITestOutputHelper output)
     }
 
     [Theory]
-    [InlineData("bloom")]
-    [InlineData("gpt2")]
-    [InlineData("llama")]
-    [InlineData("qwen2")]
-    [InlineData("qwen3")]
-    [InlineData("phi3")]
-    [InlineData("gemma2")]
+    [MemberData(nameof(Architectures))]
     public void Parameter_names_and_count_match_transformers(string arch)
     {
         using var model = ModelLoader.Load(Fixtures.Model(arch));

@@ -62,6 +62,27 @@ public sealed class LengthBoundTests : IDisposable
     }
 
     [Fact]
+    public void Prompt_tuning_generation_leaves_the_virtual_tokens_their_positions()
+    {
+        var ml = new MLContext(seed: 1);
+        using var model = ml.Lora().CausalLm(new LoraCausalLmOptions
+        {
+            BaseModelFolder = TinyBaseModel.Create(_temp.File("tiny-gpt2-prompt"), "gpt2", hiddenSize: 32, layers: 1, heads: 4, seed: 3),
+            Seed = 5,
+            Method = new Lora.Peft.PromptTuningConfig { NumVirtualTokens = 8 },
+            Training = { MaxSteps = 1, BatchSize = 2, MaxSequenceLength = 64 },
+            Generation = { MaxNewTokens = 6, BatchSize = 2 },
+        }).Fit(ml.Data.LoadFromEnumerable(Rows("sky ->: ", "grass ->: ")));
+
+        // 498 + 6 new tokens + 8 virtual tokens = 512 positions: fits; one more byte does not.
+        var fits = model.Transform(ml.Data.LoadFromEnumerable(Rows(new string('y', 498)))).GetColumn<string>("GeneratedText").Single();
+        fits.Should().NotBeNull();
+        var read = () => model.Transform(ml.Data.LoadFromEnumerable(Rows(new string('y', 499)))).GetColumn<string>("GeneratedText").ToList();
+        read.Should().Throw<DataRowException>()
+            .WithMessage("Row 0 (counting from 0), column 'Prompt': the prompt has 499 tokens; with MaxNewTokens 6 that exceeds the model's context of 504 tokens (max_position_embeddings of its config.json, 512, less the adapter's 8 virtual tokens)*");
+    }
+
+    [Fact]
     public void Gpt2_generation_refuses_a_prompt_past_n_positions_with_the_librarys_error()
     {
         var ml = new MLContext(seed: 1);

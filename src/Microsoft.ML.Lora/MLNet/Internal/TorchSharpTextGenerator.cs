@@ -55,10 +55,13 @@ internal sealed class TorchSharpTextGenerator : ITextGenerator
     }
 
     /// <summary>
-    /// The longest sequence (prompt and new tokens) generated: the model's max_position_embeddings, or for models
-    /// without one (ALiBi: BLOOM) the configured <see cref="LoraTrainingOptions.MaxSequenceLength"/>.
+    /// The longest sequence (prompt and new tokens) generated: the model's max_position_embeddings less the positions a
+    /// prompt-learning adapter puts before the input, or for models without one (ALiBi: BLOOM) the configured
+    /// <see cref="LoraTrainingOptions.MaxSequenceLength"/>.
     /// </summary>
-    internal int Context => _lora.Model.Config.MaxPositionEmbeddings > 0 ? _lora.Model.Config.MaxPositionEmbeddings : _options.Training.MaxSequenceLength;
+    internal int Context => _lora.Model.Config.MaxPositionEmbeddings > 0
+        ? _lora.Model.Config.MaxPositionEmbeddings - _lora.Tuner.ContextPositions
+        : _options.Training.MaxSequenceLength;
 
     /// <summary>
     /// The ids of each prompt, bounded before any forward pass: a prompt whose tokens plus MaxNewTokens exceed
@@ -91,7 +94,9 @@ internal sealed class TorchSharpTextGenerator : ITextGenerator
     }
 
     private string ContextSource => _lora.Model.Config.MaxPositionEmbeddings > 0
-        ? "max_position_embeddings of its config.json"
+        ? (_lora.Tuner.ContextPositions > 0
+            ? $"max_position_embeddings of its config.json, {_lora.Model.Config.MaxPositionEmbeddings}, less the adapter's {_lora.Tuner.ContextPositions} virtual tokens"
+            : "max_position_embeddings of its config.json")
         : "LoraTrainingOptions.MaxSequenceLength, since the model has no fixed context";
 
     private IReadOnlyList<string> GenerateIds(List<IReadOnlyList<int>> ids, LoraGenerationOptions g)

@@ -117,6 +117,9 @@ internal sealed class PromptLearningModel : CausalLm, IPeftTuner
     /// </summary>
     public int VirtualTokenPositions => _disabled || _active is null || IsPrefix ? 0 : Active.NumVirtualTokens;
 
+    /// <inheritdoc/>
+    public int ContextPositions => _disabled || _active is null ? 0 : Active.NumVirtualTokens;
+
     /// <summary>
     /// The tensors PEFT saves: <c>prompt_embeddings</c>, the encoder's output (not its embedding or MLP). For an encoder
     /// that is only its rows (prompt tuning, prefix tuning without projection, any loaded adapter) it is a view of them.
