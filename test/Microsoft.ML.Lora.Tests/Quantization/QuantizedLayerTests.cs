@@ -1,6 +1,7 @@
 using Microsoft.ML.Lora.Models;
 using Microsoft.ML.Lora.Peft;
 using Microsoft.ML.Lora.Quantization;
+using Microsoft.ML.Lora.Training;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -65,14 +66,66 @@ public class QuantizedLayerTests
         layer.weight.dtype.Should().Be(kind == "int8" ? ScalarType.Int8 : ScalarType.Byte);
     }
 
-    [Fact]
-    public void Dora_over_a_quantized_layer_is_refused_clearly()
+    /// <summary>
+    /// Replaces the former refusal (DoRA over a quantized base threw NotSupportedException): DoRA now reads the
+    /// dequantized weight, as PEFT's dequantize_module_weight, for its magnitude and its forward (with and without dropout).
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(Kinds))]
+    public void Dora_over_a_quantized_layer_is_dora_over_the_dequantized_weight(string kind)
     {
         using var scope = NewDisposeScope();
-        var lora = new LoraLinear((nn.Module<Tensor, Tensor>)Layer("nf4", Weight(16, 64, 3), null));
-        var act = () => lora.AddAdapter("default", new LoraConfig { R = 2, UseDora = true });
-        act.Should().Throw<NotSupportedException>().WithMessage("*DoRA*Linear4bit*");
-        lora.Adapters.Should().BeEmpty();
+        var layer = Layer(kind, Weight(16, 64, 3), randn(16) * 0.1);
+        var dense = new Microsoft.ML.Lora.Models.Layers.Linear(64, 16);
+        using (no_grad()) { dense.weight.copy_(layer.DequantizeWeight()); dense.bias!.copy_(layer.bias!); }
+        var config = new LoraConfig { R = 2, LoraAlpha = 4, LoraDropout = 0.5, UseDora = true };
+        var lora = new LoraLinear((nn.Module<Tensor, Tensor>)layer);
+        var reference = new LoraLinear(dense);
+        using (Rng.Use(new Generator(11))) lora.AddAdapter("default", config);
+        using (Rng.Use(new Generator(11))) reference.AddAdapter("default", config);
+        lora.Magnitude("default")!.allclose(linalg.vector_norm(layer.DequantizeWeight(), dims: [1]), 0, 0).Should().BeTrue("m = ‖dequantize(W)‖ per row while B is 0");
+        using (no_grad())
+        {
+            var b = randn(16, 2) * 0.05;
+            lora.LoraB("default").copy_(b);
+            reference.LoraB("default").copy_(b);
+        }
+        var x = randn(3, 64);
+        lora.eval(); reference.eval();
+        lora.forward(x).allclose(reference.forward(x), 1e-6, 1e-6).Should().BeTrue("eval: the base output is reused");
+        lora.train(); reference.train();
+        Tensor y, yRef;
+        using (Rng.Use(new Generator(5))) y = lora.forward(x);
+        using (Rng.Use(new Generator(5))) yRef = reference.forward(x);
+        y.allclose(yRef, 1e-6, 1e-6).Should().BeTrue("dropout: W x is recomputed from the dequantized weight");
+    }
+
+    /// <summary>
+    /// dtypes as PEFT's: over NF4 quantized from bfloat16 the adapter and m are float32, m is the norm of the bfloat16
+    /// dequantized weight taken in float32 (PEFT's update_layer adds the float32 B A to it), and a merge quantizes
+    /// m / n · (W + ΔW) cast back to bfloat16 (DoraLinearVariant.merge_safe's new_weight.to(orig_dtype)).
+    /// </summary>
+    [Fact]
+    public void Dora_over_nf4_from_bfloat16_keeps_float32_adapters_and_merges_in_bfloat16()
+    {
+        using var scope = NewDisposeScope();
+        var layer = new Linear4bit(QuantState4Bit.Quantize(Weight(16, 64, 6).to(ScalarType.BFloat16), "nf4", true), null, ScalarType.BFloat16);
+        var w = layer.DequantizeWeight();
+        w.dtype.Should().Be(ScalarType.BFloat16);
+        var lora = new LoraLinear(layer);
+        lora.AddAdapter("default", new LoraConfig { R = 2, LoraAlpha = 4, UseDora = true });
+        var m = lora.Magnitude("default")!;
+        m.dtype.Should().Be(ScalarType.Float32);
+        m.allclose(linalg.vector_norm(w.to(ScalarType.Float32), dims: [1]), 0, 0).Should().BeTrue();
+        using (no_grad()) { lora.LoraB("default").normal_(0, 0.05); m.mul_(1.5); }
+        var d = lora.DeltaWeight("default");
+        var norm = linalg.vector_norm(w.to(ScalarType.Float32) + d, dims: [1]);
+        var merged = ((m / norm).unsqueeze(1) * (w.to(ScalarType.Float32) + d)).to(ScalarType.BFloat16);
+        using var expected = QuantState4Bit.Quantize(merged, "nf4", true);
+        lora.Merge();
+        var after = layer.DequantizeWeight();
+        after.dtype.Should().Be(ScalarType.BFloat16, "the merged weight is quantized from the dequantized dtype");
+        after.allclose(expected.Dequantize(), 0, 0).Should().BeTrue("merge = quantize((m / ‖W + ΔW‖ · (W + ΔW)).to(bfloat16))");
     }
 
     [Fact]

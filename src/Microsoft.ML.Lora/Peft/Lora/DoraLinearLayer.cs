@@ -8,6 +8,8 @@ namespace Microsoft.ML.Lora.Peft;
 /// DoRA's magnitude for one adapter of a <see cref="LoraLinear"/> (PEFT's <c>lora/dora.py</c> DoraLinearLayer):
 /// <c>weight</c> is the vector m [out], and the layer adds (m / n - 1) · (W x) + (m / n) · s · B A x to the base output,
 /// where n = ‖W + s B A‖ per output row is DETACHED (DoRA paper, section 4.3): backward treats it as a constant.
+/// W is the base's float weight: over a quantized base (LLM.int8, NF4/FP4) the caller passes the dequantized weight,
+/// as PEFT's <c>dequantize_module_weight(base_layer)</c>.
 /// In memory the parameter is <c>lora_magnitude_vector.&lt;adapter&gt;.weight</c>; PEFT saves it as
 /// <c>lora_magnitude_vector</c>, without the <c>.weight</c>.
 /// </summary>

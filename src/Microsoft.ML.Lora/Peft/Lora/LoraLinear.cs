@@ -67,8 +67,6 @@ internal sealed class LoraLinear : nn.Module<Tensor, Tensor>, ILinear, ITunerLay
     {
         config.Validate();
         if (lora_A.Items.ContainsKey(name)) throw new ArgumentException($"Adapter '{name}' already exists on this layer.");
-        if (config.UseDora && Base is Quantization.IQuantizedLinear)
-            throw new NotSupportedException($"DoRA over a quantized base layer ({base_layer.GetType().Name}) is not supported; load the base without quantization.");
         var w = Base.weight;
         // A quantized base (uint8/int8 weight) keeps nn.Linear's float32 adapters, as PEFT's _move_adapter_to_device_of_base_layer.
         var dtype = !w.is_floating_point() || autocastAdapterDtype && w.dtype is ScalarType.BFloat16 or ScalarType.Float16 ? ScalarType.Float32 : w.dtype;
@@ -96,7 +94,12 @@ internal sealed class LoraLinear : nn.Module<Tensor, Tensor>, ILinear, ITunerLay
         }
         lora_A.Add(name, a);
         lora_B.Add(name, b);
-        if (config.UseDora) lora_magnitude_vector.Add(name, new DoraLinearLayer(w, a.weight!, b.weight!, config.Scaling, FanInFanOut));
+        if (config.UseDora)
+        {
+            // PEFT's DoraLinearLayer.update_layer reads dequantize_module_weight(base_layer): a quantized base's float weight.
+            using var dense = DenseWeight();
+            lora_magnitude_vector.Add(name, new DoraLinearLayer(dense, a.weight!, b.weight!, config.Scaling, FanInFanOut));
+        }
         _scaling[name] = config.Scaling;
         _dropout[name] = config.LoraDropout;
         ActiveAdapter ??= name;
@@ -155,7 +158,8 @@ internal sealed class LoraLinear : nn.Module<Tensor, Tensor>, ILinear, ITunerLay
     private Tensor DoraTerm(DoraLinearLayer dora, Tensor x, TorchSharp.Modules.Linear a, TorchSharp.Modules.Linear b, Tensor result, bool dropped)
     {
         using var scope = NewDisposeScope();
-        var w = Base.weight.to(x.dtype);
+        // PEFT: dequantize_module_weight(base_layer).to(x.dtype); a quantized base dequantizes in its own dtype, then casts.
+        var w = Base is Quantization.IQuantizedLinear q ? q.DequantizeWeight(x.dtype) : Base.weight.to(x.dtype);
         var baseResult = dropped
             ? nn.functional.linear(x, FanInFanOut ? w.t() : w)
             : (Base.bias is { } bias ? result - bias : result).to(x.dtype);
@@ -164,7 +168,8 @@ internal sealed class LoraLinear : nn.Module<Tensor, Tensor>, ILinear, ITunerLay
 
     /// <summary>
     /// Adds the adapter's update into the base weight (PEFT's merge); forward then skips the adapter. DoRA:
-    /// W' = (m / n) · (W + ΔW) per output row, with n = ‖W + ΔW‖ kept for <see cref="Unmerge"/>.
+    /// W' = (m / n) · (W + ΔW) per output row, with n = ‖W + ΔW‖ kept for <see cref="Unmerge"/>. A quantized base is
+    /// dequantized, merged into and quantized again (PEFT's merge into bitsandbytes' Linear4bit / Linear8bitLt).
     /// </summary>
     public void Merge(string? adapter = null)
     {
@@ -174,13 +179,14 @@ internal sealed class LoraLinear : nn.Module<Tensor, Tensor>, ILinear, ITunerLay
         using (var scope = NewDisposeScope())
         {
             var d = DeltaWeight(adapter);
-            var w = Base.weight;
             if (!d.isfinite().all().item<bool>()) throw new InvalidOperationException($"Adapter '{adapter}' has non-finite weights; refusing to merge.");
             if (lora_magnitude_vector.Items.TryGetValue(adapter, out var dora))
             {
+                // A quantized base: dequantize, apply DoRA's factor, quantize again (PEFT's bnb merge with DoraLinearVariant.merge_safe).
+                var w = DenseWeight();
                 var norm = dora.WeightNorm(w.to(d.dtype), FanInFanOut ? d.t() : d, 1.0);
                 _doraNorms[adapter] = norm.detach().MoveToOuterDisposeScope();
-                w.copy_((DoraFactor(dora, _doraNorms[adapter]) * (w.to(d.dtype) + d)).to(w.dtype));
+                SetDenseWeight((DoraFactor(dora, _doraNorms[adapter]) * (w.to(d.dtype) + d)).to(w.dtype));
             }
             else AddToBase(d);
         }
@@ -202,10 +208,27 @@ internal sealed class LoraLinear : nn.Module<Tensor, Tensor>, ILinear, ITunerLay
         else Base.weight.add_(delta.to(Base.weight.dtype));
     }
 
+    /// <summary>
+    /// The base weight as a float tensor (PEFT's dequantize_module_weight): a quantized base's weight dequantized to the
+    /// dtype it was quantized from (float32 for LLM.int8, as bitsandbytes' int8_vectorwise_dequant), a new tensor the
+    /// caller disposes; a float base's own weight (an alias).
+    /// </summary>
+    private Tensor DenseWeight() => Base is Quantization.IQuantizedLinear q ? q.DequantizeWeight() : Base.weight.alias();
+
+    /// <summary>Replaces the base weight by <paramref name="w"/> (a quantized base quantizes it again, as PEFT's bnb merge).</summary>
+    private void SetDenseWeight(Tensor w)
+    {
+        if (Base is Quantization.IQuantizedLinear q) q.Requantize(w);
+        else Base.weight.copy_(w);
+    }
+
     /// <summary>m / n laid out to scale the base weight's output rows ([out, 1], or [1, out] when fan_in_fan_out).</summary>
     private Tensor DoraFactor(DoraLinearLayer dora, Tensor norm) => (dora.weight / norm).view(FanInFanOut ? [1, -1] : [-1, 1]);
 
-    /// <summary>Takes merged updates out of the base weight again (DoRA: W = W' / (m / n) - ΔW with the n of the merge).</summary>
+    /// <summary>
+    /// Takes merged updates out of the base weight again (DoRA: W = W' / (m / n) - ΔW with the n of the merge); a
+    /// quantized base is dequantized and quantized again, so it keeps the roundings of both.
+    /// </summary>
     public void Unmerge()
     {
         using (no_grad())
@@ -214,9 +237,12 @@ internal sealed class LoraLinear : nn.Module<Tensor, Tensor>, ILinear, ITunerLay
                 using var scope = NewDisposeScope();
                 var adapter = _merged[i];
                 var d = DeltaWeight(adapter);
-                var w = Base.weight;
                 if (lora_magnitude_vector.Items.TryGetValue(adapter, out var dora) && _doraNorms.Remove(adapter, out var norm))
-                    using (norm) w.copy_((w.to(d.dtype) / DoraFactor(dora, norm) - d).to(w.dtype));
+                    using (norm)
+                    {
+                        var w = DenseWeight();
+                        SetDenseWeight((w.to(d.dtype) / DoraFactor(dora, norm) - d).to(w.dtype));
+                    }
                 else AddToBase(d.neg());
             }
         _merged.Clear();
