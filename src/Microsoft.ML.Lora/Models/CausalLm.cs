@@ -56,7 +56,9 @@ public abstract partial class CausalLm : nn.Module
     internal (Tensor Sum, long Count) LossSum(Tensor inputIds, Tensor? attentionMask, Tensor labels)
     {
         CheckInputs(inputIds, attentionMask);
-        var hidden = ForwardHidden(Embed(inputIds), attentionMask);
+        var embeds = Embed(inputIds);
+        AttentionBudget.Check(this, embeds, past: 0);
+        var hidden = ForwardHidden(embeds, attentionMask);
         return Training.CausalLmLoss.ChunkedSum(hidden, labels, LmHead, Config.VocabSize, LmHeadParameters().Where(p => p.requires_grad));
     }
 
@@ -131,7 +133,10 @@ public abstract partial class CausalLm : nn.Module
     /// position embeddings) applies to every row of <paramref name="inputsEmbeds"/>.
     /// </summary>
     public Tensor ForwardEmbeds(Tensor inputsEmbeds, Tensor? attentionMask = null, Tensor? positionIds = null, Generation.KvCache? cache = null)
-        => LmHead(ForwardHidden(inputsEmbeds, attentionMask, positionIds, cache));
+    {
+        AttentionBudget.Check(this, inputsEmbeds, cache?.Length ?? 0);
+        return LmHead(ForwardHidden(inputsEmbeds, attentionMask, positionIds, cache));
+    }
 
     /// <summary>
     /// The body of <see cref="ForwardEmbeds"/> (transformers' <c>self.model(...)</c>, its last_hidden_state):
