@@ -32,6 +32,14 @@ internal sealed class DequantizedLinearFunction : autograd.SingleTensorFunction<
 {
     public override string Name => "DequantizedLinear";
 
+    /// <summary>A quantized layer's forward: x and its bias in the layer's compute dtype, then <see cref="Apply"/>.</summary>
+    public static Tensor Forward(IQuantizedLinear layer, Tensor x)
+    {
+        var dtype = layer.ComputeDType;
+        var bias = layer.bias;
+        return Apply(layer, x.dtype == dtype ? x : x.to_type(dtype), bias is null || bias.dtype == dtype ? bias : bias.to_type(dtype));
+    }
+
     /// <summary>x [..., in] in the layer's compute dtype; bias may be null.</summary>
     public static Tensor Apply(IQuantizedLinear layer, Tensor x, Tensor? bias)
     {

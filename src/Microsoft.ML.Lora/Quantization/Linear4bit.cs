@@ -50,8 +50,7 @@ internal sealed class Linear4bit : nn.Module<Tensor, Tensor>, IQuantizedLinear
     }
 
     /// <inheritdoc />
-    public override Tensor forward(Tensor x) =>
-        DequantizedLinearFunction.Apply(this, x.dtype == ComputeDType ? x : x.to_type(ComputeDType), bias?.dtype == ComputeDType || bias is null ? bias : bias.to_type(ComputeDType));
+    public override Tensor forward(Tensor x) => DequantizedLinearFunction.Forward(this, x);
 
     /// <inheritdoc />
     public Tensor DequantizeWeight(ScalarType? dtype = null)

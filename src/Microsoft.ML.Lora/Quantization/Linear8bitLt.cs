@@ -55,8 +55,7 @@ internal sealed class Linear8bitLt : nn.Module<Tensor, Tensor>, IQuantizedLinear
     }
 
     /// <inheritdoc />
-    public override Tensor forward(Tensor x) =>
-        DequantizedLinearFunction.Apply(this, x.dtype == ComputeDType ? x : x.to_type(ComputeDType), bias?.dtype == ComputeDType || bias is null ? bias : bias.to_type(ComputeDType));
+    public override Tensor forward(Tensor x) => DequantizedLinearFunction.Forward(this, x);
 
     /// <inheritdoc />
     public Tensor DequantizeWeight(ScalarType? dtype = null) => Int8Weight.Dequantize(weight, SCB, dtype ?? ScalarType.Float32);
