@@ -1,4 +1,6 @@
 using Microsoft.ML.Lora.Peft;
+using Microsoft.ML.Lora.Quantization;
+using static TorchSharp.torch;
 
 namespace QuoteTagger;
 
@@ -22,5 +24,24 @@ internal static class Methods
         "prefix-tuning" => (new PrefixTuningConfig { NumVirtualTokens = 16 }, 1e-2f),
         "p-tuning" => (new PromptEncoderConfig { NumVirtualTokens = 16, EncoderHiddenSize = 128 }, tiny ? 1e-2f : 1e-3f),
         _ => throw new ArgumentException($"Unknown method '{name}'; use one of {string.Join(", ", Names)}."),
+    };
+
+    /// <summary>The <c>--quantization</c> choices.</summary>
+    public static readonly string[] Quantizations = ["none", "int8", "nf4"];
+
+    /// <summary>
+    /// The frozen base's quantization: none, LLM.int8 (the seed's load_in_8bit), or QLoRA's NF4 with double quant
+    /// computing in the weights' dtype (bfloat16 for a bfloat16 base, as the QLoRA recipe).
+    /// </summary>
+    public static BitsAndBytesConfig? Quantization(string name, string dtype) => name switch
+    {
+        "none" => null,
+        "int8" => new BitsAndBytesConfig { LoadIn8bit = true },
+        "nf4" => new BitsAndBytesConfig
+        {
+            LoadIn4bit = true, Bnb4bitQuantType = "nf4", Bnb4bitUseDoubleQuant = true,
+            Bnb4bitComputeDType = dtype == "bfloat16" ? ScalarType.BFloat16 : dtype == "float16" ? ScalarType.Float16 : ScalarType.Float32,
+        },
+        _ => throw new ArgumentException($"Unknown quantization '{name}'; use one of {string.Join(", ", Quantizations)}."),
     };
 }

@@ -5,7 +5,11 @@
 //
 //   dotnet run -c Release --project src/Samples/QuoteTagger [-- --base-model <folder>] [--out <folder>]
 //       [--dtype float32|bfloat16|float16] [--compute-dtype float32]
-//       [--method lora|ia3|prompt-tuning|prefix-tuning|p-tuning]
+//       [--method lora|ia3|prompt-tuning|prefix-tuning|p-tuning] [--quantization none|int8|nf4] [--gradient-checkpointing]
+//
+// The seed's job, LoRA on BLOOM-7b1 over an 8-bit base (or QLoRA's 4-bit NF4), on one machine (docs/memory.md):
+//   dotnet run -c Release --project src/Samples/QuoteTagger -- --base-model /models/bloom-7b1 --dtype bfloat16 \
+//       --quantization int8 --gradient-checkpointing
 //
 // Without --base-model a tiny BLOOM with random weights and a byte-level tokenizer is created in a cache folder: it
 // runs in about half a minute on two CPU cores, but an untrained base of that size only produces toy tags.
@@ -23,6 +27,8 @@ string outputDirectory = Directory.GetCurrentDirectory();
 string dtype = "float32";
 string? computeDType = null;
 string method = "lora";
+string quantization = "none";
+bool checkpointing = false;
 for (int i = 0; i < args.Length; i++)
 {
     switch (args[i])
@@ -32,9 +38,11 @@ for (int i = 0; i < args.Length; i++)
         case "--dtype" when i + 1 < args.Length: dtype = args[++i]; break;
         case "--compute-dtype" when i + 1 < args.Length: computeDType = args[++i]; break;
         case "--method" when i + 1 < args.Length && Methods.Names.Contains(args[i + 1]): method = args[++i]; break;
+        case "--quantization" when i + 1 < args.Length && Methods.Quantizations.Contains(args[i + 1]): quantization = args[++i]; break;
+        case "--gradient-checkpointing": checkpointing = true; break;
         default:
             Console.Error.WriteLine("usage: QuoteTagger [--base-model <Hugging Face model folder>] [--out <folder>] [--dtype float32|bfloat16|float16] [--compute-dtype float32]" +
-                $" [--method {string.Join("|", Methods.Names)}]");
+                $" [--method {string.Join("|", Methods.Names)}] [--quantization {string.Join("|", Methods.Quantizations)}] [--gradient-checkpointing]");
             return 2;
     }
 }
@@ -90,6 +98,7 @@ var options = new LoraCausalLmOptions
     OutputColumnName = "GeneratedTags",           // text generated for each prompt
     DType = dtype,                                // base weights; bfloat16 halves their memory
     ComputeDType = computeDType,                  // "float32" over bfloat16: float32 results on bfloat16 weights
+    Quantization = Methods.Quantization(quantization, dtype), // an 8-bit or 4-bit frozen base (null: none)
     Seed = 0,
     Method = peftMethod,                          // null: LoRA with the Lora options
     Lora = peftMethod is not null ? new LoraAdapterOptions()
@@ -97,8 +106,8 @@ var options = new LoraCausalLmOptions
         : new LoraAdapterOptions { Rank = 16, Alpha = 32, Dropout = 0.05f },
     // LoggingSteps: a progress report (and a validation) every 4 steps, once per epoch of the tiny run.
     Training = tiny
-        ? new LoraTrainingOptions { Epochs = 40, BatchSize = 8, LearningRate = learningRate, LoggingSteps = 4, WarmupRatio = 0.05 }
-        : new LoraTrainingOptions { Epochs = 3, BatchSize = 4, LearningRate = learningRate, LoggingSteps = 2 },
+        ? new LoraTrainingOptions { Epochs = 40, BatchSize = 8, LearningRate = learningRate, LoggingSteps = 4, WarmupRatio = 0.05, GradientCheckpointing = checkpointing }
+        : new LoraTrainingOptions { Epochs = 3, BatchSize = 4, LearningRate = learningRate, LoggingSteps = 2, GradientCheckpointing = checkpointing },
     Generation = { MaxNewTokens = 24, BatchSize = 8 },
     Progress = view,
 };
@@ -113,7 +122,7 @@ var prompts = ml.Transforms.Text.ConcatenateText("Prompt", ["Quote"], suffix: " 
 var trainer = ml.Lora().CausalLm(options);
 
 Console.WriteLine($"fine-tuning ({method}): {options.Training.Epochs} epochs, batch {options.Training.BatchSize}, lr {options.Training.LearningRate}" +
-    (peftMethod is null ? $", r {options.Lora.Rank}" : ""));
+    (peftMethod is null ? $", r {options.Lora.Rank}" : "") + (quantization == "none" ? "" : $", {quantization} base") + (checkpointing ? ", gradient checkpointing" : ""));
 var lora = view.Run(() => trainer.Fit(prompts.Transform(data), prompts.Transform(split.TestSet)));
 var model = prompts.Append(lora);
 AnsiConsole.Write(view.Summary());
