@@ -20,18 +20,25 @@ public sealed class LoraAdapterOptions
     /// <summary>Names of the modules to adapt (PEFT's target_modules); null picks the model family's default. Default null.</summary>
     public string[]? TargetModules { get; set; }
 
+    /// <summary>
+    /// Names of modules never to adapt, even when <see cref="TargetModules"/> selects them (PEFT's exclude_modules as a
+    /// list: a module's path equals a name or ends with "." + name). Default null: none.
+    /// </summary>
+    public string[]? ExcludeModules { get; set; }
+
     /// <summary>True when every setting has its default (what <see cref="LoraCausalLmOptions.Method"/> requires).</summary>
     internal bool IsDefault
     {
         get
         {
             var d = new LoraAdapterOptions();
-            return Rank == d.Rank && Alpha == d.Alpha && Dropout == d.Dropout && TargetModules is null or { Length: 0 };
+            return Rank == d.Rank && Alpha == d.Alpha && Dropout == d.Dropout && TargetModules is null or { Length: 0 } && ExcludeModules is null or { Length: 0 };
         }
     }
 
     internal LoraAdapterOptions Clone() => new()
     {
         Rank = Rank, Alpha = Alpha, Dropout = Dropout, TargetModules = (string[]?)TargetModules?.Clone(),
+        ExcludeModules = (string[]?)ExcludeModules?.Clone(),
     };
 }

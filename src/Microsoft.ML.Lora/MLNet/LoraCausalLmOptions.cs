@@ -168,6 +168,7 @@ public sealed class LoraCausalLmOptions
         LoraAlpha = Lora.Alpha,
         LoraDropout = Lora.Dropout,
         TargetModules = Lora.TargetModules is { Length: > 0 } t ? t : null,
+        ExcludeModules = Lora.ExcludeModules is { Length: > 0 } x ? x : null,
         BaseModelNameOrPath = BaseModelFolder,
     };
 

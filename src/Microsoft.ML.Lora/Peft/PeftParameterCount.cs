@@ -24,7 +24,8 @@ public static class PeftParameterCount
     {
         var targets = config.TargetModules ?? IA3Config.DefaultTargets(model.ModelType);
         var feedforward = config.FeedforwardModules ?? (config.TargetModules is null ? IA3Config.DefaultFeedforward(model.ModelType) : []);
-        return LoraParameterCount.AllLinears(model).Where(l => targets.Any(t => LoraConfig.SuffixMatch(l.Path, t)))
+        return LoraParameterCount.AllLinears(model)
+            .Where(l => targets.Any(t => LoraConfig.SuffixMatch(l.Path, t)) && !ExcludedModules.IsExcluded(config.ExcludeModules, config.ExcludeModulesRegex, l.Path))
             .Sum(l => feedforward.Any(f => l.Path.EndsWith(f, StringComparison.Ordinal)) ? l.In : l.Out);
     }
 

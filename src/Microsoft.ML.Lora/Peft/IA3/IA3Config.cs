@@ -20,6 +20,13 @@ public sealed record IA3Config : PeftConfig
     /// <see cref="TargetModules"/>, matched by suffix. Null selects PEFT's default for the model type.
     /// </summary>
     public IReadOnlyList<string>? FeedforwardModules { get; init; }
+    /// <summary>
+    /// <c>exclude_modules</c> as a list: modules never adapted even when <see cref="TargetModules"/> selects them, matched
+    /// as target names are (the full path equals the name or ends with "." + name), as PEFT's IA3Config.
+    /// </summary>
+    public IReadOnlyList<string>? ExcludeModules { get; init; }
+    /// <summary><c>exclude_modules</c> given as a string: a regular expression that must match the whole module path (<c>re.fullmatch</c>).</summary>
+    public string? ExcludeModulesRegex { get; init; }
     /// <summary><c>fan_in_fan_out</c>: the targets store their weight [in, out] (GPT-2's Conv1D); set automatically, as PEFT does, for Conv1D targets.</summary>
     public bool FanInFanOut { get; init; }
     /// <summary><c>init_ia3_weights</c>: start every vector at 1 (the model equals the base model); false keeps torch.randn values (testing only).</summary>
@@ -38,6 +45,7 @@ public sealed record IA3Config : PeftConfig
     /// <summary>Throws <see cref="ArgumentException"/> when the fields do not fit together (PEFT's __post_init__ checks).</summary>
     public override void Validate()
     {
+        ExcludedModules.Validate("IA3Config", ExcludeModules, ExcludeModulesRegex);
         if (TargetModules is { Count: 0 }) throw new ArgumentException("IA3Config.TargetModules is empty; leave it null for the model type's default or name at least one module.");
         if (TargetModules is { } t && FeedforwardModules is { } ff && ff.Except(t).FirstOrDefault() is { } extra)
             throw new ArgumentException($"IA3Config.FeedforwardModules must be a subset of TargetModules; '{extra}' is not a target.");
@@ -47,8 +55,11 @@ public sealed record IA3Config : PeftConfig
     internal static PeftConfig Read(System.Text.Json.Nodes.JsonObject j, string path)
     {
         if (j["modules_to_save"] is System.Text.Json.Nodes.JsonArray { Count: > 0 }) throw new PeftConfigException($"'{path}': IA3 with modules_to_save is not supported.", path, "modules_to_save");
+        var (exclude, excludeRegex) = ExcludedModules.Read(j, path);
         return new IA3Config
         {
+            ExcludeModules = exclude,
+            ExcludeModulesRegex = excludeRegex,
             TargetModules = PeftJson.Strings(j, "target_modules", path),
             FeedforwardModules = PeftJson.Strings(j, "feedforward_modules", path),
             FanInFanOut = PeftJson.Bool(j, "fan_in_fan_out", path) ?? false,

@@ -37,10 +37,23 @@ internal sealed class IA3Model(CausalLm model) : LayerTuner<IA3Config>(model)
         config = Complete(config);
         string type = Model.Config.ModelType;
         var linears = LoraModel.LinearModules(Model);
-        var targets = linears.Where(l => config.TargetModules!.Any(t => LoraConfig.SuffixMatch(l.Path, t))).ToList();
+        // PEFT's inject_adapter over every module: excluded first (exclude_modules), then target_modules (linears adapted).
+        var linearPaths = linears.Select(l => l.Path).ToHashSet();
+        bool anyExcluded = false, anyUnmatched = false;
+        var selected = new HashSet<string>();
+        foreach (var (path, _) in LoraModel.CandidateModules(Model))
+        {
+            if (ExcludedModules.IsExcluded(config.ExcludeModules, config.ExcludeModulesRegex, path)) anyExcluded = true;
+            else if (linearPaths.Contains(path) && config.TargetModules!.Any(t => LoraConfig.SuffixMatch(path, t))) selected.Add(path);
+            else anyUnmatched = true;
+        }
+        var targets = linears.Where(l => selected.Contains(l.Path)).ToList();
         if (targets.Count == 0)
-            throw new ArgumentException($"IA3 target modules [{string.Join(", ", config.TargetModules!)}] not found in the {type} model. Its linear modules are: " +
+            throw ExcludedModules.NothingTargeted(anyExcluded, anyUnmatched, () =>
+                $"IA3 target modules [{string.Join(", ", config.TargetModules!)}] not found in the {type} model. Its linear modules are: " +
                 string.Join(", ", linears.Select(l => System.Text.RegularExpressions.Regex.Replace(l.Path, @"\.\d+\.", ".N.")).Distinct()) + ".");
+        if (ExcludedModules.IsSet(config.ExcludeModules, config.ExcludeModulesRegex) && !anyExcluded)
+            warning(ExcludedModules.UnusedWarning(config.ExcludeModules, config.ExcludeModulesRegex));
         if (!config.FanInFanOut && targets.Any(t => t.Linear.FanInFanOut))
         {
             warning("fan_in_fan_out is set to False but the target module is `Conv1D`. Setting fan_in_fan_out to True.");
@@ -79,7 +92,7 @@ internal sealed class IA3Model(CausalLm model) : LayerTuner<IA3Config>(model)
         static JsonArray Names(IEnumerable<string> s) => new([.. s.Distinct().Order(StringComparer.Ordinal).Select(x => JsonValue.Create(x))]);
         return new JsonObject
         {
-            ["exclude_modules"] = null,
+            ["exclude_modules"] = ExcludedModules.Json(c.ExcludeModules, c.ExcludeModulesRegex),
             ["fan_in_fan_out"] = c.FanInFanOut,
             ["feedforward_modules"] = Names(c.FeedforwardModules!),
             ["init_ia3_weights"] = c.InitIA3Weights,

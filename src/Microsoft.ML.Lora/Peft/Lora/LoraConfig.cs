@@ -43,6 +43,17 @@ public sealed record LoraConfig : PeftConfig
     /// Set at most one of this and <see cref="TargetModules"/>; cannot be combined with <see cref="LayersToTransform"/>.
     /// </summary>
     public string? TargetModulesRegex { get; init; }
+    /// <summary>
+    /// <c>exclude_modules</c> as a list: modules never adapted even when <see cref="TargetModules"/> (or
+    /// <see cref="AllLinear"/>) selects them, matched as target names are (the full path equals the name or ends with
+    /// "." + name). Checked first, as PEFT does; when it excludes nothing PEFT's warning is given.
+    /// </summary>
+    public IReadOnlyList<string>? ExcludeModules { get; init; }
+    /// <summary>
+    /// <c>exclude_modules</c> given as a string: a regular expression that must match the whole module path
+    /// (<c>re.fullmatch</c>), e.g. <c>@".*\.layers\.0\..*"</c>. Set at most one of this and <see cref="ExcludeModules"/>.
+    /// </summary>
+    public string? ExcludeModulesRegex { get; init; }
     /// <summary><c>bias</c>: "none" (default), "all" (train every bias) or "lora_only" (train the biases of adapted layers).</summary>
     public string Bias { get; init; } = "none";
     /// <summary>
@@ -110,6 +121,7 @@ public sealed record LoraConfig : PeftConfig
         if (TargetModules is { Count: 0 }) throw new ArgumentException("LoraConfig.TargetModules is empty; leave it null for the model type's default or name at least one module.");
         if (TargetModules is not null && TargetModulesRegex is not null)
             throw new ArgumentException("LoraConfig: set TargetModules (a list) or TargetModulesRegex (PEFT's string form of target_modules), not both.");
+        ExcludedModules.Validate("LoraConfig", ExcludeModules, ExcludeModulesRegex);
         if (TargetModulesRegex is not null && (LayersToTransform is not null || LayersPattern is not null))
             throw new ArgumentException($"LoraConfig: layers_to_transform and layers_pattern cannot be used when target_modules is a string ('{TargetModulesRegex}'), as in PEFT.");
         if (LayersPattern is { Count: > 0 } && LayersToTransform is not { Count: > 0 })

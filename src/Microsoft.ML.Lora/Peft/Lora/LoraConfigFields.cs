@@ -12,7 +12,6 @@ internal static class LoraConfigFields
     /// <summary>Field name → whether a value is the neutral one (the feature off).</summary>
     public static readonly Dictionary<string, Func<JsonNode?, bool>> Unsupported = new()
     {
-        ["exclude_modules"] = IsEmpty,
         ["layer_replication"] = IsEmpty,
         ["megatron_config"] = IsEmpty,
         ["trainable_token_indices"] = IsEmpty,
@@ -31,7 +30,7 @@ internal static class LoraConfigFields
     public static readonly HashSet<string> Known =
     [
         "peft_type", "task_type", "auto_mapping", "peft_version", "base_model_name_or_path", "revision", "inference_mode",
-        "r", "lora_alpha", "lora_dropout", "target_modules", "bias", "fan_in_fan_out", "modules_to_save", "use_rslora",
+        "r", "lora_alpha", "lora_dropout", "target_modules", "exclude_modules", "bias", "fan_in_fan_out", "modules_to_save", "use_rslora",
         "layers_to_transform", "layers_pattern", "rank_pattern", "alpha_pattern", "init_lora_weights", "use_dora",
         "megatron_core", "qalora_group_size",
     ];

@@ -10,6 +10,7 @@ internal static class LoraConfigJson
     {
         ["alpha_pattern"] = new JsonObject([.. (c.AlphaPattern ?? new Dictionary<string, double>()).Select(kv => KeyValuePair.Create(kv.Key, (JsonNode?)Number(kv.Value)))]),
         ["bias"] = c.Bias,
+        ["exclude_modules"] = ExcludedModules.Json(c.ExcludeModules, c.ExcludeModulesRegex),
         ["fan_in_fan_out"] = c.FanInFanOut,
         ["init_lora_weights"] = c.InitLoraWeights switch { LoraInit.Default => JsonValue.Create(true), LoraInit.Gaussian => JsonValue.Create("gaussian"), _ => JsonValue.Create(false) },
         ["layers_pattern"] = c.LayersPattern is null ? null : new JsonArray([.. c.LayersPattern.Select(p => JsonValue.Create(p))]),
@@ -50,6 +51,7 @@ internal static class LoraConfigJson
             JsonValue v when v.TryGetValue(out string? name) && name == "gaussian" => LoraInit.Gaussian,
             var other => throw new NotSupportedException($"'{path}': init_lora_weights {other.ToJsonString()} is not supported; supported: true, false, \"gaussian\"."),
         };
+        var (exclude, excludeRegex) = ExcludedModules.Read(j, path);
         return new LoraConfig
         {
             R = PeftJson.Int(j, "r", path) ?? 8,
@@ -58,6 +60,9 @@ internal static class LoraConfigJson
             // target_modules is a list of names, or one string: a regex matched against the whole path (or "all-linear").
             TargetModules = j["target_modules"] is JsonValue ? null : PeftJson.Strings(j, "target_modules", path),
             TargetModulesRegex = j["target_modules"] is JsonValue ? PeftJson.String(j, "target_modules", path) : null,
+            // exclude_modules likewise: a list of names, or one string matched against the whole path.
+            ExcludeModules = exclude,
+            ExcludeModulesRegex = excludeRegex,
             LayersPattern = PeftJson.Strings(j, "layers_pattern", path),
             RankPattern = Pattern(j, "rank_pattern", path, v => v.GetValue<int>(), "integers"),
             AlphaPattern = Pattern(j, "alpha_pattern", path, v => v.GetValue<double>(), "numbers"),

@@ -37,30 +37,48 @@ internal sealed class LoraModel(CausalLm model) : LayerTuner<LoraConfig>(model)
 
     /// <summary>
     /// PEFT's target selection over the module paths of a model: the default targets of the model type when none are
-    /// given, "all-linear" resolved to the linear paths (lm_head excepted), then <see cref="LoraTargets.IsTarget"/>.
+    /// given, "all-linear" resolved to the linear paths (lm_head excepted), then <see cref="LoraTargets.IsTarget"/>
+    /// (exclude_modules and modules_to_save first). When nothing is selected, PEFT's checks of inject_adapter tell
+    /// excluded from unmatched modules; when exclude_modules excluded nothing, PEFT's warning goes to <paramref name="warning"/>.
     /// Returns the config as it is saved (targets resolved) and the selected paths.
     /// </summary>
-    public static (LoraConfig Config, List<string> Targets) Select(IReadOnlyList<string> modulePaths, IReadOnlyList<string> linearPaths, LoraConfig config, string modelType)
+    public static (LoraConfig Config, List<string> Targets) Select(IReadOnlyList<string> modulePaths, IReadOnlyList<string> linearPaths, LoraConfig config, string modelType,
+        Action<string>? warning = null)
     {
         config.Validate();
         if (config.TargetModules is null && config.TargetModulesRegex is null) config = config with { TargetModules = LoraConfig.DefaultTargets(modelType) };
         config = LoraTargets.ResolveAllLinear(config, linearPaths);
-        var selected = modulePaths.Where(p => p.Length > 0 && LoraTargets.IsTarget(config, p)).ToList();
+        var selected = new List<string>();
+        bool anyExcluded = false, anyUnmatched = false;
+        foreach (var p in modulePaths.Where(p => p.Length > 0))
+        {
+            if (LoraTargets.IsExcluded(config, p)) anyExcluded = true;
+            else if (LoraTargets.IsSelected(config, p)) selected.Add(p);
+            else anyUnmatched = true;
+        }
         if (selected.Count == 0)
         {
-            var names = linearPaths.Select(p => System.Text.RegularExpressions.Regex.Replace(p, @"\.\d+\.", ".N.")).Distinct();
-            var targets = config.TargetModulesRegex is { } regex ? $"'{regex}' (a regular expression matched against the whole path)" : $"[{string.Join(", ", config.TargetModules!)}]";
-            throw new ArgumentException(
-                $"Target modules {targets} not found in the {modelType} model" +
-                (config.LayersToTransform is null ? "" : $" (layers_to_transform [{string.Join(", ", config.LayersToTransform)}]" +
-                    (config.LayersPattern is null ? ")" : $", layers_pattern [{string.Join(", ", config.LayersPattern)}])")) +
-                $". Its linear modules are: {string.Join(", ", names)}.");
+            var c = config;
+            throw ExcludedModules.NothingTargeted(anyExcluded, anyUnmatched, () => NotFoundMessage(c, linearPaths, modelType), config.LayersToTransform, config.LayersPattern);
         }
+        if (ExcludedModules.IsSet(config.ExcludeModules, config.ExcludeModulesRegex) && !anyExcluded)
+            warning?.Invoke(ExcludedModules.UnusedWarning(config.ExcludeModules, config.ExcludeModulesRegex));
         return (config, selected);
     }
 
+    /// <summary>The error when target_modules matches no module of the model (nothing excluded), listing its linear modules.</summary>
+    private static string NotFoundMessage(LoraConfig config, IReadOnlyList<string> linearPaths, string modelType)
+    {
+        var names = linearPaths.Select(p => System.Text.RegularExpressions.Regex.Replace(p, @"\.\d+\.", ".N.")).Distinct();
+        var targets = config.TargetModulesRegex is { } regex ? $"'{regex}' (a regular expression matched against the whole path)" : $"[{string.Join(", ", config.TargetModules!)}]";
+        return $"Target modules {targets} not found in the {modelType} model" +
+            (config.LayersToTransform is null ? "" : $" (layers_to_transform [{string.Join(", ", config.LayersToTransform)}]" +
+                (config.LayersPattern is null ? ")" : $", layers_pattern [{string.Join(", ", config.LayersPattern)}])")) +
+            $". Its linear modules are: {string.Join(", ", names)}.";
+    }
+
     /// <summary>Module paths of <paramref name="model"/> that target_modules can match (none inside an adapter wrapper).</summary>
-    private static List<(string Path, nn.Module Module)> CandidateModules(nn.Module model) =>
+    internal static List<(string Path, nn.Module Module)> CandidateModules(nn.Module model) =>
         model.named_modules().Where(m => m.name.Length > 0 && !m.name.Contains("base_layer", StringComparison.Ordinal)
                 && !m.name.Contains("lora_", StringComparison.Ordinal) && !ModulesToSaveWrapper.IsInside(m.name))
             .Select(m => (m.name, m.module)).ToList();
@@ -77,7 +95,7 @@ internal sealed class LoraModel(CausalLm model) : LayerTuner<LoraConfig>(model)
         var modules = CandidateModules(model);
         var linears = LinearModules(model);
         RefuseTiedHead(model, config with { TargetModules = config.TargetModules ?? (config.TargetModulesRegex is null ? LoraConfig.DefaultTargets(model.Config.ModelType) : null) }, modules);
-        (config, var targets) = Select([.. modules.Select(m => m.Path)], [.. linears.Select(l => l.Path)], config, model.Config.ModelType);
+        (config, var targets) = Select([.. modules.Select(m => m.Path)], [.. linears.Select(l => l.Path)], config, model.Config.ModelType, warning);
         var byPath = modules.ToDictionary(m => m.Path, m => m.Module);
         foreach (var t in targets)
             if (byPath[t] is not (ILinear or Embedding or LoraEmbedding))
@@ -186,7 +204,10 @@ internal sealed class LoraModel(CausalLm model) : LayerTuner<LoraConfig>(model)
     public override System.Text.Json.Nodes.JsonObject ConfigJson(string adapter)
     {
         var config = Configs[adapter];
-        return LoraConfigJson.Write(config, LoraConfigJson.SavedTargets(config, PathsOf(adapter)));
+        // Names that selected an excluded module are kept, as PEFT keeps them: the file then reloads onto the same layers
+        // with exclude_modules in use (no "no modules were excluded" warning).
+        var excluded = CandidateModules(Model).Select(m => m.Path).Where(p => ExcludedModules.IsExcluded(config.ExcludeModules, config.ExcludeModulesRegex, p));
+        return LoraConfigJson.Write(config, LoraConfigJson.SavedTargets(config, PathsOf(adapter).Concat(excluded)));
     }
 
     /// <summary>

@@ -11,12 +11,20 @@ internal static class LoraTargets
     /// <summary>How long one regex of a config may run on one module path before it is treated as a bad pattern.</summary>
     private static readonly TimeSpan RegexTimeout = TimeSpan.FromSeconds(1);
 
+    /// <summary>
+    /// Whether <paramref name="key"/> is excluded (PEFT's <c>_ExcludedModule</c>): it matches exclude_modules, or lies in a
+    /// modules_to_save module (adapters never go there: <c>re.match(rf"(^|.*\.){m}($|\..*)", key)</c>).
+    /// </summary>
+    public static bool IsExcluded(LoraConfig c, string key) =>
+        ExcludedModules.IsExcluded(c.ExcludeModules, c.ExcludeModulesRegex, key)
+        || c.ModulesToSave is { Count: > 0 } saved && saved.Any(m => Match($"(^|.*\\.){m}($|\\..*)", key, anchoredEnd: false));
+
     /// <summary>Whether <paramref name="key"/> (a module path such as <c>model.layers.0.self_attn.q_proj</c>) is a target of <paramref name="c"/>.</summary>
-    public static bool IsTarget(LoraConfig c, string key)
+    public static bool IsTarget(LoraConfig c, string key) => !IsExcluded(c, key) && IsSelected(c, key);
+
+    /// <summary>Whether target_modules (with layers_to_transform) selects <paramref name="key"/>, exclusions aside.</summary>
+    public static bool IsSelected(LoraConfig c, string key)
     {
-        // Adapters never go inside a modules_to_save module (PEFT: re.match(rf"(^|.*\.){m}($|\..*)", key)).
-        if (c.ModulesToSave is { Count: > 0 } saved && saved.Any(m => Match($"(^|.*\\.){m}($|\\..*)", key, anchoredEnd: false)))
-            return false;
         if (c.TargetModulesRegex is { } regex) return FullMatch(regex, key);
         var names = c.TargetModules!;
         // A name equal to the whole path is taken as is; layers_to_transform only filters suffix matches.
