@@ -139,7 +139,9 @@ internal sealed class QuantState4Bit : IDisposable
             long count = Math.Min(chunk, n - start);
             var values = table.index_select(0, bytes.narrow(0, start / 2, (count + 1) / 2).to_type(ScalarType.Int32)).view(-1).narrow(0, 0, count);
             var blocks = absmax.narrow(0, start / Blocksize, (count + Blocksize - 1) / Blocksize);
-            flat.narrow(0, start, count).copy_(Blockwise.ScaleBlocks(values, blocks, Blocksize));
+            // Whole blocks scale in place (one temporary less a chunk); the last, shorter block is padded by ScaleBlocks.
+            var scaled = count % Blocksize == 0 ? values.view(-1, Blocksize).mul_(blocks.unsqueeze(1)).view(-1) : Blockwise.ScaleBlocks(values, blocks, Blocksize);
+            flat.narrow(0, start, count).copy_(scaled);
         }
         return result;
     }

@@ -72,6 +72,20 @@ public class AdapterTargetsTests
     }
 
     [Fact]
+    public void Loaded_adapter_with_other_targets_adapts_its_own_targets()
+    {
+        using var scope = NewDisposeScope();
+        using var folder = new TempFolder();
+        var onlyB = PeftModel.GetPeftModel(ModelLoader.Load(Fixtures.Model("llama")), OnValue, "b");
+        onlyB.SavePretrained(folder.Path, ["b"]);
+        var both = PeftModel.GetPeftModel(ModelLoader.Load(Fixtures.Model("llama")), OnQuery, "a");
+        both.LoadAdapter(Path.Combine(folder.Path, "b"), "b");
+        both.ActiveAdapter.Should().Be("a", "loading an adapter does not activate it");
+        both.SetAdapter("b");
+        SameLogits(both, onlyB, "the loaded b adapts v_proj and down_proj with its saved weights");
+    }
+
+    [Fact]
     public void Wrapping_keeps_the_order_of_the_modules()
     {
         using var scope = NewDisposeScope();
