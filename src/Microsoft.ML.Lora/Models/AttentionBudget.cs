@@ -35,12 +35,7 @@ internal static class AttentionBudget
     {
         var before = s_available.Value;
         s_available.Value = bytes;
-        return new Restore(() => s_available.Value = before);
-    }
-
-    private sealed class Restore(Action undo) : IDisposable
-    {
-        public void Dispose() => undo();
+        return new Undo(() => s_available.Value = before);
     }
 
     /// <summary>

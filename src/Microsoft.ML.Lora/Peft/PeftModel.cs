@@ -313,7 +313,7 @@ public sealed class PeftModel
     public IDisposable DisableAdapter()
     {
         SetDisabled(true);
-        return new Restore(() => SetDisabled(false));
+        return new Undo(() => SetDisabled(false));
     }
 
     private void SetDisabled(bool disabled)
@@ -352,6 +352,4 @@ public sealed class PeftModel
         _configs.Clear();
         return model;
     }
-
-    private sealed class Restore(Action a) : IDisposable { public void Dispose() => a(); }
 }
