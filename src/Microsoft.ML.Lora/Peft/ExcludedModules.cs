@@ -30,6 +30,29 @@ internal static class ExcludedModules
     }
 
     /// <summary>
+    /// PEFT's inject_adapter walk over the module <paramref name="paths"/>: each one excluded (<paramref name="isExcluded"/>,
+    /// checked first), selected (<paramref name="isSelected"/>) or unmatched. Returns the selected paths in order; none is
+    /// one of PEFT's errors (<see cref="NothingTargeted"/>, with <paramref name="notFound"/> when nothing was excluded),
+    /// and exclude_modules that excluded nothing gives PEFT's warning.
+    /// </summary>
+    public static List<string> Select(IEnumerable<string> paths, Func<string, bool> isExcluded, Func<string, bool> isSelected,
+        IReadOnlyList<string>? names, string? regex, Func<string> notFound, Action<string>? warning,
+        IReadOnlyList<int>? layersToTransform = null, IReadOnlyList<string>? layersPattern = null)
+    {
+        var selected = new List<string>();
+        bool anyExcluded = false, anyUnmatched = false;
+        foreach (var path in paths)
+        {
+            if (isExcluded(path)) anyExcluded = true;
+            else if (isSelected(path)) selected.Add(path);
+            else anyUnmatched = true;
+        }
+        if (selected.Count == 0) throw NothingTargeted(anyExcluded, anyUnmatched, notFound, layersToTransform, layersPattern);
+        if (IsSet(names, regex) && !anyExcluded) warning?.Invoke(UnusedWarning(names, regex));
+        return selected;
+    }
+
+    /// <summary>
     /// PEFT's checks once no module was selected: every module excluded; some excluded and the rest unmatched (this
     /// text); or nothing excluded, where <paramref name="notFound"/> gives the method's own "not found" message.
     /// </summary>

@@ -86,8 +86,12 @@ internal abstract class LayerTuner<TConfig>(CausalLm model) : IPeftTuner where T
         return false;
     }
 
-    /// <summary>The paths of the layers that hold adapter <paramref name="name"/> (its targets), in wrapping order.</summary>
-    protected IEnumerable<string> PathsOf(string name) => _layers.Where(kv => kv.Value.HasAdapter(name)).Select(kv => kv.Key);
+    /// <summary>
+    /// The wrapped layers of type <typeparamref name="T"/> that hold adapter <paramref name="name"/> (its targets), by
+    /// module path, in wrapping order: what its parameters, state dict and saved target_modules come from.
+    /// </summary>
+    protected IEnumerable<(string Path, T Layer)> LayersHolding<T>(string name) where T : ITunerLayer =>
+        _layers.Where(kv => kv.Value is T && kv.Value.HasAdapter(name)).Select(kv => (kv.Key, (T)kv.Value));
 
     /// <summary>Puts <paramref name="layer"/> in place of the module at <paramref name="path"/> and records it.</summary>
     protected void Wrap<T>(string path, T layer) where T : nn.Module, ITunerLayer

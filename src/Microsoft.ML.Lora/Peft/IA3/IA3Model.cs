@@ -39,21 +39,15 @@ internal sealed class IA3Model(CausalLm model) : LayerTuner<IA3Config>(model)
         var linears = LoraModel.LinearModules(Model);
         // PEFT's inject_adapter over every module: excluded first (exclude_modules), then target_modules (linears adapted).
         var linearPaths = linears.Select(l => l.Path).ToHashSet();
-        bool anyExcluded = false, anyUnmatched = false;
-        var selected = new HashSet<string>();
-        foreach (var (path, _) in LoraModel.CandidateModules(Model))
-        {
-            if (ExcludedModules.IsExcluded(config.ExcludeModules, config.ExcludeModulesRegex, path)) anyExcluded = true;
-            else if (linearPaths.Contains(path) && config.TargetModules!.Any(t => LoraConfig.SuffixMatch(path, t))) selected.Add(path);
-            else anyUnmatched = true;
-        }
+        var c = config;
+        var selected = ExcludedModules.Select(LoraModel.CandidateModules(Model).Select(m => m.Path),
+            path => ExcludedModules.IsExcluded(c.ExcludeModules, c.ExcludeModulesRegex, path),
+            path => linearPaths.Contains(path) && c.TargetModules!.Any(t => LoraConfig.SuffixMatch(path, t)),
+            c.ExcludeModules, c.ExcludeModulesRegex,
+            () => $"IA3 target modules [{string.Join(", ", c.TargetModules!)}] not found in the {type} model. Its linear modules are: " +
+                string.Join(", ", linears.Select(l => System.Text.RegularExpressions.Regex.Replace(l.Path, @"\.\d+\.", ".N.")).Distinct()) + ".",
+            warning).ToHashSet();
         var targets = linears.Where(l => selected.Contains(l.Path)).ToList();
-        if (targets.Count == 0)
-            throw ExcludedModules.NothingTargeted(anyExcluded, anyUnmatched, () =>
-                $"IA3 target modules [{string.Join(", ", config.TargetModules!)}] not found in the {type} model. Its linear modules are: " +
-                string.Join(", ", linears.Select(l => System.Text.RegularExpressions.Regex.Replace(l.Path, @"\.\d+\.", ".N.")).Distinct()) + ".");
-        if (ExcludedModules.IsSet(config.ExcludeModules, config.ExcludeModulesRegex) && !anyExcluded)
-            warning(ExcludedModules.UnusedWarning(config.ExcludeModules, config.ExcludeModulesRegex));
         if (!config.FanInFanOut && targets.Any(t => t.Linear.FanInFanOut))
         {
             warning("fan_in_fan_out is set to False but the target module is `Conv1D`. Setting fan_in_fan_out to True.");
@@ -75,13 +69,13 @@ internal sealed class IA3Model(CausalLm model) : LayerTuner<IA3Config>(model)
     }
 
     /// <summary>The adapter's vectors (<c>ia3_l.&lt;adapter&gt;</c>).</summary>
-    public override IEnumerable<Parameter> TrainableParameters(string adapter) => Layers.Values.Where(l => l.HasAdapter(adapter)).Select(l => l.Vector(adapter));
+    public override IEnumerable<Parameter> TrainableParameters(string adapter) => LayersHolding<IA3Linear>(adapter).Select(l => l.Layer.Vector(adapter));
 
     /// <summary>The tensors PEFT saves, by saved key (<c>base_model.model.&lt;path&gt;.ia3_l</c>; views of the live parameters).</summary>
     public override SortedDictionary<string, Tensor> StateDict(string adapter)
     {
         var dict = new SortedDictionary<string, Tensor>(StringComparer.Ordinal);
-        foreach (var (path, l) in Layers.Where(kv => kv.Value.HasAdapter(adapter))) dict[$"{PeftAdapterIO.Prefix}{path}.ia3_l"] = l.Vector(adapter);
+        foreach (var (path, l) in LayersHolding<IA3Linear>(adapter)) dict[$"{PeftAdapterIO.Prefix}{path}.ia3_l"] = l.Vector(adapter);
         return dict;
     }
 

@@ -48,21 +48,9 @@ internal sealed class LoraModel(CausalLm model) : LayerTuner<LoraConfig>(model)
         config.Validate();
         if (config.TargetModules is null && config.TargetModulesRegex is null) config = config with { TargetModules = LoraConfig.DefaultTargets(modelType) };
         config = LoraTargets.ResolveAllLinear(config, linearPaths);
-        var selected = new List<string>();
-        bool anyExcluded = false, anyUnmatched = false;
-        foreach (var p in modulePaths.Where(p => p.Length > 0))
-        {
-            if (LoraTargets.IsExcluded(config, p)) anyExcluded = true;
-            else if (LoraTargets.IsSelected(config, p)) selected.Add(p);
-            else anyUnmatched = true;
-        }
-        if (selected.Count == 0)
-        {
-            var c = config;
-            throw ExcludedModules.NothingTargeted(anyExcluded, anyUnmatched, () => NotFoundMessage(c, linearPaths, modelType), config.LayersToTransform, config.LayersPattern);
-        }
-        if (ExcludedModules.IsSet(config.ExcludeModules, config.ExcludeModulesRegex) && !anyExcluded)
-            warning?.Invoke(ExcludedModules.UnusedWarning(config.ExcludeModules, config.ExcludeModulesRegex));
+        var c = config;
+        var selected = ExcludedModules.Select(modulePaths.Where(p => p.Length > 0), p => LoraTargets.IsExcluded(c, p), p => LoraTargets.IsSelected(c, p),
+            c.ExcludeModules, c.ExcludeModulesRegex, () => NotFoundMessage(c, linearPaths, modelType), warning, c.LayersToTransform, c.LayersPattern);
         return (config, selected);
     }
 
@@ -151,14 +139,14 @@ internal sealed class LoraModel(CausalLm model) : LayerTuner<LoraConfig>(model)
     public override IEnumerable<Parameter> TrainableParameters(string adapter)
     {
         var config = Configs[adapter];
-        var layers = Layers.Where(kv => kv.Value.HasAdapter(adapter)).ToDictionary();
-        foreach (var l in layers.Values)
+        var layers = LayersHolding<LoraLinear>(adapter).Select(l => l.Layer).ToList();
+        foreach (var l in layers)
         {
             yield return l.LoraA(adapter);
             yield return l.LoraB(adapter);
             if (l.Magnitude(adapter) is { } m) yield return m; // DoRA
         }
-        foreach (var e in Embeddings.Values.Where(e => e.HasAdapter(adapter)))
+        foreach (var (_, e) in LayersHolding<LoraEmbedding>(adapter))
         {
             yield return e.LoraA(adapter);
             yield return e.LoraB(adapter);
@@ -169,7 +157,7 @@ internal sealed class LoraModel(CausalLm model) : LayerTuner<LoraConfig>(model)
                 if (name.EndsWith("bias", StringComparison.Ordinal) && !ModulesToSaveWrapper.IsInside(name)) yield return p;
         }
         else if (config.Bias == "lora_only")
-            foreach (var l in layers.Values) if (l.bias is { } b) yield return b;
+            foreach (var l in layers) if (l.bias is { } b) yield return b;
     }
 
     /// <inheritdoc/>
@@ -178,13 +166,13 @@ internal sealed class LoraModel(CausalLm model) : LayerTuner<LoraConfig>(model)
         const string Prefix = PeftAdapterIO.Prefix;
         var config = Configs[adapter];
         var dict = new SortedDictionary<string, Tensor>(StringComparer.Ordinal);
-        foreach (var (path, l) in Layers.Where(kv => kv.Value.HasAdapter(adapter)))
+        foreach (var (path, l) in LayersHolding<LoraLinear>(adapter))
         {
             dict[$"{Prefix}{path}.lora_A.weight"] = l.LoraA(adapter);
             dict[$"{Prefix}{path}.lora_B.weight"] = l.LoraB(adapter);
             if (l.Magnitude(adapter) is { } m) dict[$"{Prefix}{path}.lora_magnitude_vector"] = m; // PEFT drops ".weight" here
         }
-        foreach (var (path, e) in Embeddings.Where(kv => kv.Value.HasAdapter(adapter)))
+        foreach (var (path, e) in LayersHolding<LoraEmbedding>(adapter))
         {
             // Parameters, not modules: PEFT's keys have no ".weight".
             dict[$"{Prefix}{path}.lora_embedding_A"] = e.LoraA(adapter);
@@ -207,7 +195,7 @@ internal sealed class LoraModel(CausalLm model) : LayerTuner<LoraConfig>(model)
         // Names that selected an excluded module are kept, as PEFT keeps them: the file then reloads onto the same layers
         // with exclude_modules in use (no "no modules were excluded" warning).
         var excluded = CandidateModules(Model).Select(m => m.Path).Where(p => ExcludedModules.IsExcluded(config.ExcludeModules, config.ExcludeModulesRegex, p));
-        return LoraConfigJson.Write(config, LoraConfigJson.SavedTargets(config, PathsOf(adapter).Concat(excluded)));
+        return LoraConfigJson.Write(config, LoraConfigJson.SavedTargets(config, LayersHolding<ITunerLayer>(adapter).Select(l => l.Path).Concat(excluded)));
     }
 
     /// <summary>
